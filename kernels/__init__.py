@@ -1,0 +1,38 @@
+"""normserve kernels: normalisation forward passes on the CPU (Numba) and NVIDIA GPUs.
+
+The functional API (SPEC section 2) prepares a layer and applies it once; services and
+exporters keep a prepared layer (``prepare``) and apply it many times.
+"""
+
+from .devices import cuda_available
+from .functional import (
+    batch_norm,
+    group_norm,
+    instance_norm,
+    layer_norm,
+    rms_norm,
+    spectral_norm_linear,
+    spectral_sigma,
+    weight_norm_linear,
+)
+from .layers import KINDS, PreparedLayer, prepare
+from .repository import ModelConfig, ModelError, load_model, save_model
+
+__all__ = [
+    "KINDS",
+    "ModelConfig",
+    "ModelError",
+    "PreparedLayer",
+    "batch_norm",
+    "cuda_available",
+    "group_norm",
+    "instance_norm",
+    "layer_norm",
+    "load_model",
+    "prepare",
+    "rms_norm",
+    "save_model",
+    "spectral_norm_linear",
+    "spectral_sigma",
+    "weight_norm_linear",
+]

@@ -1,0 +1,178 @@
+"""Numba CPU kernels: the forward passes, parallel over independent rows.
+
+Every kernel writes into a caller-given output and releases the GIL, so the service can run
+it off its event loop. Each row (a sample's normalised slice, a (sample, channel) or a
+(sample, group)) is reduced by the same code whatever the batch size, so a row's result is
+bitwise independent of the rows it is batched with.
+
+Numerics: statistics are two-pass and accumulate in float64 whatever the input precision
+(the reductions are memory-bound, so the wider adds are free), and the output pass subtracts
+the mean as a float64 split into two input-precision parts, ``(x - m_hi) - m_lo``; that keeps
+large-offset data (``1e4 + N(0, 1)`` in FP32) accurate without widening the output pass.
+Only the reductions may re-associate (for vectorised sums); nothing assumes finite values,
+so NaN and Inf propagate exactly as IEEE says.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from numba import njit, prange
+
+from . import dtypes
+from .checks import check_out
+
+_REDUCE = {"reassoc", "contract", "nsz", "arcp"}
+# The kernels themselves allow only FMA contraction: re-association would fold
+# ``(x - m_hi) - m_lo`` into ``x - (m_hi + m_lo)`` and lose the split mean's low part.
+_OPTS = {"parallel": True, "nogil": True, "cache": True, "fastmath": {"contract"}}
+
+
+@njit(nogil=True, cache=True, fastmath=_REDUCE)
+def _row_moments(row, center):
+    """(mean, mean square of the deviations) of one row, in float64, two passes."""
+    n = row.shape[0]
+    mean = 0.0
+    if center:
+        s = 0.0
+        for j in range(n):
+            s += row[j]
+        mean = s / n
+    ss = 0.0
+    for j in range(n):
+        d = row[j] - mean
+        ss += d * d
+    return mean, ss / n
+
+
+@njit(**_OPTS)
+def row_norm(x, out, weight, bias, eps, center):
+    """Layer norm (``center``) or RMSNorm over each row of ``x`` (rows, features).
+
+    ``weight`` and ``bias`` have one value per feature (ones and zeros when absent).
+    """
+    rows, n = x.shape
+    one = x.dtype.type(1.0)
+    for r in prange(rows):
+        row = x[r]
+        mean, var = _row_moments(row, center)
+        m_hi = x.dtype.type(mean)
+        m_lo = x.dtype.type(mean - m_hi)
+        rstd = x.dtype.type(one / np.sqrt(var + eps))
+        dst = out[r]
+        for j in range(n):
+            dst[j] = ((row[j] - m_hi) - m_lo) * rstd * weight[j] + bias[j]
+
+
+@njit(**_OPTS)
+def grouped_norm(x, out, weight, bias, groups, spatial, eps):
+    """Instance norm (one channel a group) or group norm over rows of (sample, group).
+
+    ``x`` is (samples * groups, channels_per_group * spatial); ``weight`` and ``bias`` have
+    one value per channel (ones and zeros when absent).
+    """
+    rows, n = x.shape
+    per_group = n // spatial
+    one = x.dtype.type(1.0)
+    for r in prange(rows):
+        row = x[r]
+        mean, var = _row_moments(row, True)
+        m_hi = x.dtype.type(mean)
+        m_lo = x.dtype.type(mean - m_hi)
+        rstd = x.dtype.type(one / np.sqrt(var + eps))
+        dst = out[r]
+        first = (r % groups) * per_group
+        for k in range(per_group):
+            scale = rstd * weight[first + k]
+            shift = bias[first + k]
+            base = k * spatial
+            for s in range(base, base + spatial):
+                dst[s] = ((row[s] - m_hi) - m_lo) * scale + shift
+
+
+@njit(**_OPTS)
+def channel_affine(x, out, scale, shift):
+    """Batch norm with folded statistics: ``y = x * scale[c] + shift[c]`` on (N, C, S).
+
+    ``scale`` and ``shift`` are float64, so the product is formed in float64 and rounded once.
+    """
+    samples, channels, spatial = x.shape
+    if spatial == 1:
+        for i in prange(samples):
+            for c in range(channels):
+                out[i, c, 0] = x[i, c, 0] * scale[c] + shift[c]
+    else:
+        for i in prange(samples * channels):
+            n = i // channels
+            c = i % channels
+            a = scale[c]
+            b = shift[c]
+            src = x[n, c]
+            dst = out[n, c]
+            for s in range(spatial):
+                dst[s] = src[s] * a + b
+
+
+_ROW_TILE = 4
+_COL_TILE = 64
+
+
+@njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
+def linear(x, weight_t, bias, out):
+    """``out = x @ weight_t + bias`` with ``weight_t`` (in, out) contiguous.
+
+    Each output element sums over the inputs in ascending order, one product at a time, so
+    its value never depends on how many rows the call holds (BLAS changes its blocking with
+    the batch size, and with it the rounding). Vectorisation runs across output columns.
+    """
+    rows, k_in = x.shape
+    n_out = weight_t.shape[1]
+    row_tiles = (rows + _ROW_TILE - 1) // _ROW_TILE
+    col_tiles = (n_out + _COL_TILE - 1) // _COL_TILE
+    for t in prange(row_tiles * col_tiles):
+        rt = t // col_tiles
+        ct = t % col_tiles
+        r0 = rt * _ROW_TILE
+        r1 = min(r0 + _ROW_TILE, rows)
+        c0 = ct * _COL_TILE
+        c1 = min(c0 + _COL_TILE, n_out)
+        acc = np.zeros((_ROW_TILE, _COL_TILE), dtype=out.dtype)
+        for k in range(k_in):
+            w = weight_t[k, c0:c1]
+            for r in range(r1 - r0):
+                xv = x[r0 + r, k]
+                a = acc[r]
+                for c in range(c1 - c0):
+                    a[c] += xv * w[c]
+        for r in range(r1 - r0):
+            for c in range(c1 - c0):
+                out[r0 + r, c0 + c] = acc[r, c] + bias[c0 + c]
+
+
+def to_device(a: np.ndarray) -> np.ndarray:
+    """Parameters live in host memory on the CPU target."""
+    return a
+
+
+def apply(layer, x, out=None):
+    """Run a prepared layer on a NumPy array; half precision computes in FP32."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a NumPy array on device='cpu', got {type(x).__name__}")
+    dt = dtypes.check_dtype(x.dtype, "x")
+    shape = layer.output_shape(x.shape)
+    if out is None:
+        out = np.empty(shape, dtype=dt)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+        check_out(out, shape, dt)
+    if x.size == 0:
+        return out
+    cdt = dtypes.compute_dtype(dt)
+    xc = np.ascontiguousarray(x, dtype=cdt)
+    oc = out if dt == cdt else np.empty(shape, dtype=cdt)
+    layer._run(sys.modules[__name__], xc, oc, layer._params_for(cdt, x.shape))
+    if oc is not out:
+        np.copyto(out, oc, casting="unsafe")
+    return out
