@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import dtypes
+from .buffers import POOL
 from .checks import check_out
 
 _REDUCE = {"reassoc", "contract", "nsz", "arcp"}
@@ -162,7 +163,7 @@ def apply(layer, x, out=None):
     dt = dtypes.check_dtype(x.dtype, "x")
     shape = layer.output_shape(x.shape)
     if out is None:
-        out = np.empty(shape, dtype=dt)
+        out = POOL.empty(shape, dt)
     else:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
@@ -170,8 +171,11 @@ def apply(layer, x, out=None):
     if x.size == 0:
         return out
     cdt = dtypes.compute_dtype(dt)
-    xc = np.ascontiguousarray(x, dtype=cdt)
-    oc = out if dt == cdt else np.empty(shape, dtype=cdt)
+    xc = x
+    if dt != cdt or not x.flags["C_CONTIGUOUS"]:
+        xc = POOL.empty(x.shape, cdt)
+        np.copyto(xc, x, casting="unsafe")
+    oc = out if dt == cdt else POOL.empty(shape, cdt)
     layer._run(sys.modules[__name__], xc, oc, layer._params_for(cdt, x.shape))
     if oc is not out:
         np.copyto(out, oc, casting="unsafe")
