@@ -1,0 +1,27 @@
+"""The admin token guarding run-time registration (``PUT``/``DELETE /v1/models/{name}``)."""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from .errors import ApiError
+from .settings import Settings
+
+
+def require_admin(request: Request, settings: Settings) -> None:
+    """Pass, or 403 (registration off, wrong token) / 401 (no bearer token)."""
+    if not settings.admin_token:
+        raise ApiError(403, "Authorization: model registration is disabled (start the server "
+                            "with --admin-token or NORMSERVE_ADMIN_TOKEN)")
+    if settings.workers > 1:
+        raise ApiError(403, "Authorization: model registration needs a single worker "
+                            "(--workers 1); each worker holds its own models")
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "Authorization: a 'Bearer <admin token>' header is required",
+                       {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(token.strip().encode(), settings.admin_token.encode()):
+        raise ApiError(403, "Authorization: wrong admin token")

@@ -1,0 +1,77 @@
+"""The app factory: routes, error handlers, and the lifespan that loads, warms and drains.
+
+Start-up loads the repository (broken models are skipped), starts one batcher per model and
+compiles the kernels in the background: ``/v2/health/ready`` turns true when that is done.
+Shutdown (uvicorn's SIGTERM handling has already stopped accepting and let running requests
+finish) closes every batcher, which runs whatever is still queued before it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi import FastAPI
+
+from . import __version__, errors, routes_v1, routes_v2
+from .codec import Limits
+from .context import Context
+from .metrics import Metrics
+from .registry import Registry
+from .responses import OrjsonResponse
+from .settings import Settings
+
+log = logging.getLogger("normserve")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A ready-to-serve app for these settings (read from the environment when None)."""
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="normserve-compute")
+        metrics = Metrics()
+        registry = Registry(settings, executor, metrics)
+        registry.load_repository()
+        ctx = Context(settings, Limits(settings.max_tensor_elements, settings.max_rank),
+                      metrics, registry, executor)
+        app.state.ctx = ctx
+        for model in registry.models.values():
+            model.batcher.start()
+        log.info("serving %d model(s) from %s; %d skipped", len(registry.models),
+                 registry.root, len(registry.errors))
+        warm = asyncio.create_task(_warm_all(registry))
+        try:
+            yield
+        finally:
+            ctx.draining = True
+            warm.cancel()
+            for model in list(registry.models.values()):
+                await model.batcher.close()
+            executor.shutdown(wait=True)
+
+    app = FastAPI(title="normserve", version=__version__, lifespan=lifespan,
+                  default_response_class=OrjsonResponse,
+                  description="Normalisation layers over the Open Inference Protocol (KServe "
+                              "v2), with dynamic batching.")
+    errors.install(app)
+    app.include_router(routes_v2.router)
+    app.include_router(routes_v1.router)
+    return app
+
+
+async def _warm_all(registry: Registry) -> None:
+    for model in list(registry.models.values()):
+        try:
+            await registry.warm(model)
+        except Exception:  # a model that cannot run is reported, and the others still warm
+            log.exception("warm-up of %s failed", model.name)
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn's factory for ``--workers N``: settings come through the environment."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,201 @@
+"""Dynamic batching for one model (SPEC 4): concurrent requests with the same per-sample shape
+and dtype are joined along axis 0, run as one kernel call off the event loop, and split back.
+
+A batch closes when it holds ``max_batch_size`` rows or when its oldest request has waited
+``max_queue_delay_us``. A request larger than ``max_batch_size`` runs alone. The queue is
+bounded: a full queue refuses at once (the caller answers 503). Each request gets the rows at
+its own offsets of the output, so every client gets exactly its own rows back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kernels import PreparedLayer
+
+
+class QueueFull(Exception):
+    """The model's queue holds ``max_queue_size`` requests already."""
+
+
+class Closed(Exception):
+    """The model is being removed or the server is shutting down."""
+
+
+@dataclass
+class Timing:
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    batch_rows: int = 0
+
+
+@dataclass(eq=False)
+class _Pending:
+    x: np.ndarray
+    key: tuple
+    future: asyncio.Future
+    enqueued: float
+    timing: Timing = field(default_factory=Timing)
+
+    @property
+    def rows(self) -> int:
+        return self.x.shape[0]
+
+
+BatchObserver = Callable[[int, int, float], None]  # (rows, requests, compute seconds)
+
+
+class Batcher:
+    """The queue and the batching loop of one model."""
+
+    def __init__(self, layer: PreparedLayer, executor: Executor, *, max_batch_size: int,
+                 max_queue_delay_us: int, max_queue_size: int, batching: bool = True,
+                 on_batch: BatchObserver | None = None) -> None:
+        self.layer = layer
+        self.executor = executor
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_queue_delay_us / 1e6
+        self.max_queue_size = max_queue_size
+        self.batching = batching
+        self.on_batch = on_batch
+        self._queue: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task | None = None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, Timing]:
+        """This request's output rows, after batching; QueueFull, Closed or asyncio.TimeoutError."""
+        if self._closing:
+            raise Closed
+        if len(self._queue) >= self.max_queue_size:
+            raise QueueFull
+        loop = asyncio.get_running_loop()
+        item = _Pending(x, (x.dtype, x.shape[1:]), loop.create_future(), time.perf_counter())
+        self._queue.append(item)
+        self._wake.set()
+        try:
+            out = await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
+        except asyncio.TimeoutError:
+            if item in self._queue:  # never started: take it out so it costs nothing
+                self._queue.remove(item)
+            raise
+        return out, item.timing
+
+    async def close(self) -> None:
+        """Refuse new requests, finish every queued and running batch, stop the loop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    # --- the loop -------------------------------------------------------------------------
+    def _ready_rows(self, key: tuple) -> int:
+        return sum(p.rows for p in self._queue if p.key == key)
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._queue[0]
+            if self.batching and first.rows < self.max_batch_size and not self._closing:
+                deadline = first.enqueued + self.max_delay_s
+                while (self._ready_rows(first.key) < self.max_batch_size
+                       and (left := deadline - time.perf_counter()) > 0
+                       and not self._closing and first in self._queue):
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), left)
+                    except asyncio.TimeoutError:
+                        break
+            batch = self._take()
+            if batch:
+                await self._run(batch)
+
+    def _take(self) -> list[_Pending]:
+        """The oldest request and the compatible ones after it that fit, in arrival order."""
+        if not self._queue:
+            return []
+        first = self._queue.popleft()
+        batch = [first]
+        if not self.batching or first.rows >= self.max_batch_size:
+            return batch
+        rows = first.rows
+        keep: deque[_Pending] = deque()
+        while self._queue:
+            p = self._queue.popleft()
+            if p.key == first.key and rows + p.rows <= self.max_batch_size:
+                batch.append(p)
+                rows += p.rows
+            else:
+                keep.append(p)
+        keep.extend(self._queue)
+        self._queue = keep
+        return batch
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if not p.future.done()]
+        if not live:
+            return
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            outs, compute_s = await loop.run_in_executor(self.executor, _compute, self.layer,
+                                                         [p.x for p in live])
+        except Exception as exc:  # a kernel failure fails this batch only
+            for p in live:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            return
+        rows = sum(p.rows for p in live)
+        if self.on_batch is not None:
+            self.on_batch(rows, len(live), compute_s)
+        for p, out in zip(live, outs, strict=True):
+            p.timing.queue_s = start - p.enqueued
+            p.timing.compute_s = compute_s
+            p.timing.batch_rows = rows
+            if not p.future.done():
+                p.future.set_result(out)
+
+
+def _compute(layer: PreparedLayer, xs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+    """Join the inputs into one batch buffer (the one copy), apply, return per-request views."""
+    t0 = time.perf_counter()
+    if len(xs) == 1 and _usable(xs[0]):
+        x = xs[0]
+    else:
+        rows = sum(a.shape[0] for a in xs)
+        x = np.empty((rows, *xs[0].shape[1:]), dtype=xs[0].dtype)
+        at = 0
+        for a in xs:
+            x[at:at + a.shape[0]] = a
+            at += a.shape[0]
+    out = np.empty(layer.output_shape(x.shape), dtype=x.dtype)
+    layer.apply(x, out=out)
+    outs, at = [], 0
+    for a in xs:
+        outs.append(out[at:at + a.shape[0]])
+        at += a.shape[0]
+    return outs, time.perf_counter() - t0
+
+
+def _usable(a: np.ndarray) -> bool:
+    """An array the kernels can read in place (a fresh, aligned, writable C array)."""
+    return a.flags.c_contiguous and a.flags.aligned and a.flags.writeable and a.base is None

@@ -1,0 +1,60 @@
+"""Reading request bodies under the size limit, before anything is parsed or allocated.
+
+A declared ``Content-Length`` over the limit is refused at once (413); a chunked body is counted
+as it streams in. gzip and deflate bodies (tritonclient's ``request_compression_algorithm``)
+are inflated with the same limit, so a compression bomb is a 413 and not an out-of-memory.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from starlette.requests import ClientDisconnect, Request
+
+from .errors import ApiError
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"body: larger than the limit of {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The (decoded) body of a request, or a 400/413 naming what is wrong."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Content-Length: not a non-negative integer")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "body: the client disconnected before sending it all") from None
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return _decode(body, request.headers.get("content-encoding"), limit)
+
+
+def _decode(body: bytes, encoding: str | None, limit: int) -> bytes:
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    kind = encoding.strip().lower()
+    if kind not in ("gzip", "deflate"):
+        raise ApiError(400, f"Content-Encoding: {encoding!r} is not supported "
+                            "(use gzip, deflate or none)")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if kind == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise _too_large(limit)
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise ApiError(400, f"Content-Encoding: body is not valid {kind} ({exc})") from None
+    if len(out) > limit:
+        raise _too_large(limit)
+    return out

@@ -1,0 +1,177 @@
+"""The models a server serves: loaded from a repository, added or removed at run time.
+
+A broken model folder is reported and skipped, never a crash of the server. Each model owns its
+batcher; readiness is tracked per model and turns true once its kernels are compiled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kernels import ModelConfig, PreparedLayer
+from kernels.repository import ModelError, load_model, scan_repository
+
+from .batcher import Batcher
+from .errors import ApiError
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("normserve")
+DEMO_REPOSITORY = Path(__file__).parent / "demo_repository"
+
+
+@dataclass(eq=False)
+class Model:
+    """One served model: its config, prepared layer, batcher and readiness."""
+
+    name: str
+    config: ModelConfig
+    layer: PreparedLayer
+    batcher: Batcher
+    ready: bool = False
+    onnx_cache: dict[int, bytes] = field(default_factory=dict)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.layer.sample_shape or ())
+
+    def output_sample_shape(self) -> list[int]:
+        example = tuple(1 if d == -1 else d for d in self.sample_shape)
+        out = self.layer.output_shape((1, *example))[1:]
+        return [-1 if d == -1 else o for d, o in zip(self.sample_shape, out, strict=False)] + \
+            list(out[len(self.sample_shape):])
+
+    def check_input(self, shape: tuple[int, ...], field_name: str) -> None:
+        """A 400 unless ``shape`` is a non-empty batch of this model's per-sample shape."""
+        sample = self.sample_shape
+        if len(shape) != len(sample) + 1:
+            raise ApiError(400, f"{field_name}: {self.name} takes shape "
+                                f"{[-1, *sample]} (batch first), got {list(shape)}")
+        if shape[0] < 1:
+            raise ApiError(400, f"{field_name}[0]: the batch dimension must be >= 1")
+        for i, (want, got) in enumerate(zip(sample, shape[1:], strict=True), start=1):
+            if got < 1 or (want != -1 and want != got):
+                raise ApiError(400, f"{field_name}[{i}]: {self.name} takes shape "
+                                    f"{[-1, *sample]} (batch first), got {list(shape)}")
+        try:
+            self.layer.output_shape(tuple(shape))
+        except ValueError as exc:
+            raise ApiError(400, f"{field_name}: {exc}") from None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": ["1"],
+            "platform": f"normserve_{self.config.kind}",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *self.sample_shape]}],
+            "outputs": [{"name": "output", "datatype": "FP32",
+                         "shape": [-1, *self.output_sample_shape()]}],
+            "parameters": {"datatypes": ["FP16", "FP32", "FP64", "BF16"]},
+        }
+
+
+class Registry:
+    """Name -> Model, plus the skipped folders and the shared compute executor."""
+
+    def __init__(self, settings: Settings, executor: Executor, metrics: Metrics) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.metrics = metrics
+        self.models: dict[str, Model] = {}
+        self.errors: dict[str, str] = {}  # folder name -> why it was skipped
+
+    @property
+    def root(self) -> Path:
+        repo = self.settings.model_repository
+        return Path(repo) if repo else DEMO_REPOSITORY
+
+    def load_repository(self) -> None:
+        """Load every valid folder; report and skip the rest."""
+        folders, skipped = scan_repository(self.root)
+        for name in skipped:
+            self.errors[name] = "name must match [A-Za-z0-9_.-]{1,64}"
+            log.warning("skipping model folder %r: name must match [A-Za-z0-9_.-]{1,64}", name)
+        for folder in folders:
+            try:
+                config, layer = load_model(folder, self.settings.device)
+            except ModelError as exc:
+                self.errors[folder.name] = str(exc)
+                log.warning("skipping model %s: %s", folder.name, exc)
+                continue
+            self.add(folder.name, config, layer)
+
+    def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer) -> Batcher:
+        s = self.settings
+
+        def observe(rows: int, requests: int, compute_s: float) -> None:
+            self.metrics.observe_batch(name, rows, requests, compute_s)
+
+        return Batcher(
+            layer, self.executor,
+            max_batch_size=s.max_batch_size or config.max_batch_size,
+            max_queue_delay_us=(config.max_queue_delay_us if s.max_queue_delay_us is None
+                                else s.max_queue_delay_us),
+            max_queue_size=s.max_queue_size or config.max_queue_size,
+            batching=s.batching, on_batch=observe)
+
+    def add(self, name: str, config: ModelConfig,
+            layer: PreparedLayer) -> tuple[Model, Model | None]:
+        """Serve a model under ``name``; returns it and the model it replaced, if any."""
+        model = Model(name, config, layer, self.batcher_for(name, config, layer))
+        old = self.models.get(name)
+        self.models[name] = model
+        self.errors.pop(name, None)
+        self.metrics.pending.labels(name, "1").set_function(lambda: model.batcher.depth)
+        return model, old
+
+    def remove(self, name: str) -> Model | None:
+        model = self.models.pop(name, None)
+        if model is not None:
+            with contextlib.suppress(KeyError):
+                self.metrics.pending.remove(name, "1")
+        return model
+
+    def get(self, name: str) -> Model:
+        model = self.models.get(name)
+        if model is None:
+            why = self.errors.get(name)
+            raise ApiError(404, f"model {name!r}: " + (f"failed to load ({why})" if why
+                                                       else "unknown model"))
+        return model
+
+    @property
+    def ready(self) -> bool:
+        return all(m.ready for m in self.models.values())
+
+    async def warm(self, model: Model) -> None:
+        """Compile (or load from Numba's cache) a model's kernels, then mark it ready."""
+        if self.settings.warmup:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.executor, _warm, model)
+        model.ready = True
+
+
+def _warm(model: Model) -> None:
+    _warm_layer(model.layer)
+
+
+def _warm_layer(layer: PreparedLayer) -> None:
+    """Run every dtype once so that no request pays for a compilation."""
+    shape = tuple(1 if d == -1 else d for d in (layer.sample_shape or layer.example_shape()))
+    for dtype in (np.float16, np.float32, np.float64, *_bf16()):
+        x = np.zeros((2, *shape), dtype=dtype)
+        layer.apply(x, out=np.empty(layer.output_shape(x.shape), dtype=dtype))
+
+
+def _bf16() -> tuple:
+    from kernels.dtypes import BFLOAT16
+
+    return () if BFLOAT16 is None else (BFLOAT16,)

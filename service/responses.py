@@ -1,0 +1,34 @@
+"""A response sent as several body parts: an infer reply's JSON header and its raw tensor bytes
+go out back to back without being joined into one more copy."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+class PartsResponse(Response):
+    """``Content-Length`` is the sum of the parts; each part is one ASGI body message."""
+
+    def __init__(self, parts: list[bytes], headers: dict[str, str], status_code: int = 200):
+        self.parts = parts
+        super().__init__(b"", status_code=status_code, headers=headers)
+        self.headers["content-length"] = str(sum(len(p) for p in parts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        last = len(self.parts) - 1
+        for i, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < last})
+
+
+class OrjsonResponse(Response):
+    """JSON via orjson (NumPy arrays serialised natively); FastAPI's ORJSONResponse is
+    deprecated, this keeps the library choice explicit."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)

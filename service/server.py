@@ -1,0 +1,103 @@
+"""``normserve serve``: parse the options and run uvicorn (SPEC 5).
+
+Without ``--model-repository`` the built-in demo repository (one model of each kind) is served.
+uvicorn handles SIGTERM gracefully: it stops accepting, lets running requests finish, then
+the app's lifespan drains the batch queues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .settings import ENV_VAR, Settings
+
+
+def _positive(kind: type) -> object:
+    def parse(text: str) -> object:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="normserve serve",
+                                description="Serve normalisation layers over KServe v2.")
+    p.add_argument("--model-repository", metavar="DIR",
+                   help="model repository (default: the built-in demo repository)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=_positive(int), default=1,
+                   help="server processes (each batches on its own)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    p.add_argument("--admin-token", default=os.environ.get("NORMSERVE_ADMIN_TOKEN"),
+                   help="token for PUT/DELETE /v1/models (default: $NORMSERVE_ADMIN_TOKEN; "
+                        "none: registration is off)")
+    p.add_argument("--max-body-bytes", type=_positive(int), default=64 * 1024 * 1024)
+    p.add_argument("--max-tensor-elements", type=_positive(int), default=16 * 1024 * 1024)
+    p.add_argument("--request-timeout", type=_positive(float), default=30.0,
+                   help="seconds a request may take, queueing included")
+    p.add_argument("--no-batching", action="store_true",
+                   help="run every request alone (for comparisons)")
+    p.add_argument("--max-batch-size", type=_positive(int),
+                   help="override every model's max_batch_size")
+    p.add_argument("--max-queue-delay-us", type=int,
+                   help="override every model's max_queue_delay_us")
+    p.add_argument("--max-queue-size", type=_positive(int),
+                   help="override every model's max_queue_size")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="skip compiling kernels at start (first requests pay for it)")
+    p.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    return p
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    return Settings(
+        model_repository=str(Path(args.model_repository).resolve()) if args.model_repository
+        else None,
+        device=args.device, admin_token=args.admin_token or None,
+        max_body_bytes=args.max_body_bytes, max_tensor_elements=args.max_tensor_elements,
+        request_timeout=args.request_timeout, batching=not args.no_batching,
+        max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+        max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.model_repository and not Path(args.model_repository).is_dir():
+        print(f"normserve serve: --model-repository {args.model_repository}: not a directory",
+              file=sys.stderr)
+        return 2
+    if args.max_queue_delay_us is not None and args.max_queue_delay_us < 0:
+        print("normserve serve: --max-queue-delay-us: must be >= 0", file=sys.stderr)
+        return 2
+    if args.device != "cpu":
+        from kernels.devices import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except ValueError as exc:
+            print(f"normserve serve: --device: {exc}", file=sys.stderr)
+            return 2
+    settings = settings_from(args)
+    os.environ[ENV_VAR] = settings.to_env()
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+    import uvicorn
+
+    uvicorn.run("service.app:create_app_from_env", factory=True, host=args.host,
+                port=args.port, workers=args.workers, log_level=args.log_level,
+                access_log=args.access_log, timeout_graceful_shutdown=None,
+                server_header=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

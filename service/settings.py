@@ -1,0 +1,45 @@
+"""Server settings: limits and switches shared by the CLI, the app factory and its workers.
+
+With ``--workers N`` uvicorn imports the app in each worker process, so the settings travel
+through one environment variable as JSON.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+
+import orjson
+
+ENV_VAR = "NORMSERVE_SETTINGS"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one server process needs to know; defaults suit a laptop."""
+
+    model_repository: str | None = None  # None: the built-in demo repository
+    device: str = "cpu"
+    admin_token: str | None = None
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_tensor_elements: int = 16 * 1024 * 1024
+    max_rank: int = 8
+    request_timeout: float = 30.0  # seconds a request may wait for its result
+    batching: bool = True  # False: every request runs alone (for comparisons)
+    max_batch_size: int | None = None  # overrides every model's max_batch_size when set
+    max_queue_delay_us: int | None = None  # overrides every model's setting when set
+    max_queue_size: int | None = None  # overrides every model's setting when set
+    workers: int = 1
+    warmup: bool = True
+
+    def to_env(self) -> str:
+        return orjson.dumps(asdict(self)).decode()
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        raw = os.environ.get(ENV_VAR)
+        if not raw:
+            return cls()
+        data = orjson.loads(raw)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
