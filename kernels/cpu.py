@@ -115,40 +115,58 @@ def channel_affine(x, out, scale, shift):
                 dst[s] = src[s] * a + b
 
 
-_ROW_TILE = 4
-_COL_TILE = 64
+_ROWS = 4  # rows sharing each weight load; every row runs in one of the 4 slots
+_ROW_BLOCK = 64  # rows kept in cache while a block of weight rows streams past
+_COL_BLOCK = 64
 
 
-@njit(parallel=True, nogil=True, cache=True, fastmath={"contract"})
-def linear(x, weight_t, bias, out):
-    """``out = x @ weight_t + bias`` with ``weight_t`` (in, out) contiguous.
+@njit(nogil=True, cache=True, fastmath=_REDUCE)
+def _dot4(x, i0, i1, i2, i3, weight, j):
+    """Dot products of four rows of ``x`` with weight row ``j`` (one compiled loop)."""
+    s0 = s1 = s2 = s3 = weight[j, 0] * 0
+    for k in range(x.shape[1]):
+        w = weight[j, k]
+        s0 += x[i0, k] * w
+        s1 += x[i1, k] * w
+        s2 += x[i2, k] * w
+        s3 += x[i3, k] * w
+    return s0, s1, s2, s3
 
-    Each output element sums over the inputs in ascending order, one product at a time, so
-    its value never depends on how many rows the call holds (BLAS changes its blocking with
-    the batch size, and with it the rounding). Vectorisation runs across output columns.
+
+def linear_weight(weight: np.ndarray) -> np.ndarray:
+    """The CPU kernel reads the weight as stored, (out, in): rows are contiguous dot operands."""
+    return weight
+
+
+@njit(**_OPTS)
+def linear(x, weight, bias, out):
+    """``out = x @ weight.T + bias``, batch-invariant by construction.
+
+    BLAS changes its blocking, and with it the rounding, with the batch size. Here every
+    output element comes from the same compiled dot-product loop: rows go through it four at
+    a time, and a short last group repeats its last row in the spare slots (computed, never
+    stored), so a row's result is bitwise the same alone or in any batch.
     """
-    rows, k_in = x.shape
-    n_out = weight_t.shape[1]
-    row_tiles = (rows + _ROW_TILE - 1) // _ROW_TILE
-    col_tiles = (n_out + _COL_TILE - 1) // _COL_TILE
-    for t in prange(row_tiles * col_tiles):
-        rt = t // col_tiles
-        ct = t % col_tiles
-        r0 = rt * _ROW_TILE
-        r1 = min(r0 + _ROW_TILE, rows)
-        c0 = ct * _COL_TILE
-        c1 = min(c0 + _COL_TILE, n_out)
-        acc = np.zeros((_ROW_TILE, _COL_TILE), dtype=out.dtype)
-        for k in range(k_in):
-            w = weight_t[k, c0:c1]
-            for r in range(r1 - r0):
-                xv = x[r0 + r, k]
-                a = acc[r]
-                for c in range(c1 - c0):
-                    a[c] += xv * w[c]
-        for r in range(r1 - r0):
-            for c in range(c1 - c0):
-                out[r0 + r, c0 + c] = acc[r, c] + bias[c0 + c]
+    rows = x.shape[0]
+    n_out = weight.shape[0]
+    row_blocks = (rows + _ROW_BLOCK - 1) // _ROW_BLOCK
+    col_blocks = (n_out + _COL_BLOCK - 1) // _COL_BLOCK
+    for t in prange(row_blocks * col_blocks):
+        rb = t // col_blocks
+        cb = t % col_blocks
+        for r0 in range(rb * _ROW_BLOCK, min(rb * _ROW_BLOCK + _ROW_BLOCK, rows), _ROWS):
+            i1 = min(r0 + 1, rows - 1)
+            i2 = min(r0 + 2, rows - 1)
+            i3 = min(r0 + 3, rows - 1)
+            for j in range(cb * _COL_BLOCK, min(cb * _COL_BLOCK + _COL_BLOCK, n_out)):
+                s0, s1, s2, s3 = _dot4(x, r0, i1, i2, i3, weight, j)
+                out[r0, j] = s0 + bias[j]
+                if r0 + 1 < rows:
+                    out[i1, j] = s1 + bias[j]
+                if r0 + 2 < rows:
+                    out[i2, j] = s2 + bias[j]
+                if r0 + 3 < rows:
+                    out[i3, j] = s3 + bias[j]
 
 
 def to_device(a: np.ndarray) -> np.ndarray:

@@ -453,11 +453,17 @@ class _Linear(PreparedLayer):
 
     def _kernel_params(self, shape):
         bias = np.zeros(self.out_features) if self.bias is None else self.bias
-        return {"weight_t": np.ascontiguousarray(self.weight.T), "bias": bias}
+        # Each backend reads the weight in its own layout: (in, out) unless it says otherwise.
+        layout = getattr(self._backend, "linear_weight", _transposed)
+        return {"weight": np.ascontiguousarray(layout(self.weight)), "bias": bias}
 
     def _run(self, be, x, out, p):
-        be.linear(x.reshape(-1, self.in_features), p["weight_t"], p["bias"],
+        be.linear(x.reshape(-1, self.in_features), p["weight"], p["bias"],
                   out.reshape(-1, self.out_features))
+
+
+def _transposed(weight: np.ndarray) -> np.ndarray:
+    return weight.T
 
 
 def weight_norm_weight(weight_v: Any, weight_g: Any, dim: int = 0) -> np.ndarray:
