@@ -122,7 +122,8 @@ class PreparedLayer(ABC):
         return clone
 
     def _params_for(self, dtype: np.dtype, shape: tuple[int, ...]) -> dict[str, Any]:
-        key = (str(dtype), shape[1:2])
+        """Kernel parameters in ``dtype`` on this layer's device, cast once and cached."""
+        key = (str(dtype), self._shape_key(shape))
         cached = self._cast.get(key)
         if cached is None:
             cached = {
@@ -131,6 +132,10 @@ class PreparedLayer(ABC):
             }
             self._cast[key] = cached
         return cached
+
+    def _shape_key(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The part of an input shape the kernel parameters depend on (none, by default)."""
+        return ()
 
     def _kernel_params(self, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
         """The parameter arrays the kernel reads, ones/zeros standing in for absent ones."""
@@ -380,6 +385,9 @@ class GroupNorm(PreparedLayer):
         if c % self.groups_for(c):
             raise ValueError(f"num_groups ({self.num_groups}) must divide x's channels ({c})")
         return tuple(shape)
+
+    def _shape_key(self, shape):
+        return (shape[1],)  # ones/zeros stand in for absent affine parameters, per channel
 
     def _kernel_params(self, shape):
         c = shape[1]
