@@ -21,6 +21,7 @@ from . import dtypes
 from .devices import backend_for, resolve_device
 
 Params = Mapping[str, Any]
+_MAX_CAST_ENTRIES = 32
 
 
 def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
@@ -130,6 +131,8 @@ class PreparedLayer(ABC):
                 name: self._backend.to_device(np.ascontiguousarray(value, dtype=dtype))
                 for name, value in self._kernel_params(shape).items()
             }
+            if len(self._cast) >= _MAX_CAST_ENTRIES:  # free-channel layers: stay bounded
+                self._cast.clear()
             self._cast[key] = cached
         return cached
 
