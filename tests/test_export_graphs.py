@@ -181,3 +181,17 @@ def test_named_errors():
     with pytest.raises(export.ExportError, match="does not fit"):
         export.to_onnx(bare, input_shape=[3, 4])
     assert issubclass(export.OpsetError, ValueError)  # the service maps it to 400
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "group_norm", "rms_norm", "batch_norm"])
+def test_nan_stays_in_its_row(kind):
+    """SPEC 1: NaN and Inf reach only the affected rows, in the graph as in the kernel."""
+    lay = layer(kind)
+    x = np.random.default_rng(8).standard_normal((4, *lay.sample_shape)).astype(np.float32)
+    x[1].flat[3] = np.nan
+    x[2].flat[0] = np.inf
+    y = run_ort(export.to_onnx(lay), x)
+    expected = lay.apply(x)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
+    assert np.isfinite(y[[0, 3]]).all()
+    np.testing.assert_allclose(y[[0, 3]], expected[[0, 3]], rtol=1e-5, atol=1e-5)
