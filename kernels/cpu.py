@@ -20,7 +20,7 @@ import sys
 import numpy as np
 from numba import njit, prange
 
-from . import dtypes
+from . import cpu_gemm, dtypes
 from .buffers import POOL
 from .checks import check_out
 
@@ -115,58 +115,9 @@ def channel_affine(x, out, scale, shift):
                 dst[s] = src[s] * a + b
 
 
-_ROWS = 4  # rows sharing each weight load; every row runs in one of the 4 slots
-_ROW_BLOCK = 64  # rows kept in cache while a block of weight rows streams past
-_COL_BLOCK = 64
-
-
-@njit(nogil=True, cache=True, fastmath=_REDUCE)
-def _dot4(x, i0, i1, i2, i3, weight, j):
-    """Dot products of four rows of ``x`` with weight row ``j`` (one compiled loop)."""
-    s0 = s1 = s2 = s3 = weight[j, 0] * 0
-    for k in range(x.shape[1]):
-        w = weight[j, k]
-        s0 += x[i0, k] * w
-        s1 += x[i1, k] * w
-        s2 += x[i2, k] * w
-        s3 += x[i3, k] * w
-    return s0, s1, s2, s3
-
-
-def linear_weight(weight: np.ndarray) -> np.ndarray:
-    """The CPU kernel reads the weight as stored, (out, in): rows are contiguous dot operands."""
-    return weight
-
-
-@njit(**_OPTS)
-def linear(x, weight, bias, out):
-    """``out = x @ weight.T + bias``, batch-invariant by construction.
-
-    BLAS changes its blocking, and with it the rounding, with the batch size. Here every
-    output element comes from the same compiled dot-product loop: rows go through it four at
-    a time, and a short last group repeats its last row in the spare slots (computed, never
-    stored), so a row's result is bitwise the same alone or in any batch.
-    """
-    rows = x.shape[0]
-    n_out = weight.shape[0]
-    row_blocks = (rows + _ROW_BLOCK - 1) // _ROW_BLOCK
-    col_blocks = (n_out + _COL_BLOCK - 1) // _COL_BLOCK
-    for t in prange(row_blocks * col_blocks):
-        rb = t // col_blocks
-        cb = t % col_blocks
-        for r0 in range(rb * _ROW_BLOCK, min(rb * _ROW_BLOCK + _ROW_BLOCK, rows), _ROWS):
-            i1 = min(r0 + 1, rows - 1)
-            i2 = min(r0 + 2, rows - 1)
-            i3 = min(r0 + 3, rows - 1)
-            for j in range(cb * _COL_BLOCK, min(cb * _COL_BLOCK + _COL_BLOCK, n_out)):
-                s0, s1, s2, s3 = _dot4(x, r0, i1, i2, i3, weight, j)
-                out[r0, j] = s0 + bias[j]
-                if r0 + 1 < rows:
-                    out[i1, j] = s1 + bias[j]
-                if r0 + 2 < rows:
-                    out[i2, j] = s2 + bias[j]
-                if r0 + 3 < rows:
-                    out[i3, j] = s3 + bias[j]
+# The linear layers: a register-tiled, batch-invariant GEMM reading packed weight panels.
+linear = cpu_gemm.gemm
+linear_weight = cpu_gemm.pack_weight
 
 
 def to_device(a: np.ndarray) -> np.ndarray:

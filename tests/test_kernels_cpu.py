@@ -153,3 +153,18 @@ def test_prepared_layer_keeps_folded_parameters():
     layer = kernels.prepare("batch_norm", {"running_mean": mean, "running_var": var}, eps=1e-5)
     np.testing.assert_allclose(layer.params["scale"], 1 / np.sqrt(var + 1e-5))
     np.testing.assert_allclose(layer.params["shift"], -mean / np.sqrt(var + 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize("out_features", [1, 15, 16, 17, 33])
+def test_linear_tile_edges(out_features, dtype):
+    """Row counts and widths on both sides of the GEMM tile (4 or 2 rows x 16 columns)."""
+    rng = np.random.default_rng(out_features)
+    v, g = rng.standard_normal((out_features, 19)), rng.uniform(0.5, 2, (out_features, 1))
+    bias = rng.standard_normal(out_features)
+    layer = kernels.prepare("weight_norm", {"weight_v": v, "weight_g": g, "bias": bias})
+    x = rng.standard_normal((67, 19)).astype(dtype)
+    full = layer.apply(x)
+    assert_close(full, R.weight_norm_linear(x, v, g, bias), np.dtype(dtype))
+    for rows in (slice(0, 1), slice(1, 3), slice(2, 5), slice(60, 67)):
+        np.testing.assert_array_equal(layer.apply(x[rows]), full[rows])
