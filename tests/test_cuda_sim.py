@@ -1,0 +1,204 @@
+"""The CUDA kernels in Numba's CUDA simulator (no GPU needed; every thread runs in Python).
+
+The simulator is chosen when ``numba.cuda`` is first imported, so it cannot be switched on
+inside a pytest process whose other test files already loaded Numba. Run plainly, this file
+re-runs itself in a child pytest with ``NUMBA_ENABLE_CUDASIM=1``; run with the variable set,
+it holds the tests themselves. Shapes are tiny and odd (not multiples of the warp, block or
+GEMM tile) because the simulator is slow.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+
+if not SIMULATED:
+
+    def test_simulator_suite() -> None:
+        """All the simulator tests below, in a child process with the simulator on."""
+        env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+            timeout=900, check=False)
+        print(proc.stdout[-3000:])
+        assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
+
+else:
+    from numba import cuda
+
+    import kernels
+    from kernels import bench_cuda, dtypes
+    from kernels import cuda_kernels as ck
+    from kernels import reference as ref
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cuda_cases import Sizes, assert_matches_reference, make_cases, random_input
+
+    SIZES = Sizes(batch=3, features=37, channels=6, groups=3, spatial=(5,), in_features=37,
+                  out_features=23)
+    CASES = {case.kind: case for case in make_cases(SIZES)}
+
+    def test_running_in_the_simulator() -> None:
+        from numba.core import config
+
+        assert config.ENABLE_CUDASIM
+        assert kernels.cuda_available()
+        assert kernels.prepare("layer_norm", normalized_shape=[4], device="auto").device == "cuda"
+
+    @pytest.mark.parametrize("dtype", [np.float32, np.float16], ids=["fp32", "fp16"])
+    @pytest.mark.parametrize("kind", sorted(CASES))
+    def test_kind_matches_reference(kind: str, dtype: type) -> None:
+        case = CASES[kind]
+        x = random_input(case.shape, np.dtype(dtype))
+        assert_matches_reference(case, x, case.layer().apply(x))
+
+    @pytest.mark.parametrize("kind", ["layer_norm", "group_norm", "weight_norm"])
+    def test_fp64_matches_reference(kind: str) -> None:
+        case = CASES[kind]
+        x = random_input(case.shape, np.dtype(np.float64))
+        assert_matches_reference(case, x, case.layer().apply(x))
+
+    @pytest.mark.skipif(dtypes.BFLOAT16 is None, reason="ml_dtypes not installed")
+    def test_bf16_numpy_input_is_widened_on_the_host() -> None:
+        case = CASES["rms_norm"]
+        x = random_input(case.shape, dtypes.BFLOAT16)
+        assert_matches_reference(case, x, case.layer().apply(x))
+
+    def test_large_offset_layer_norm_fp32() -> None:
+        """1e4 + N(0, 1): a plain FP32 mean would be off by ~1e-3; the corrected one is not."""
+        x = random_input((2, 1000), np.dtype(np.float32), offset=1e4)
+        y = kernels.layer_norm(x, [1000], device="cuda")
+        assert np.abs(y - ref.layer_norm(x, [1000])).max() < 1e-4
+
+    def test_rows_longer_than_the_register_cache() -> None:
+        """Rows past ITEMS * MAX_THREADS values re-read their tail from global memory."""
+        n = ck.ITEMS * ck.MAX_THREADS + 37
+        x = random_input((1, 1, n), np.dtype(np.float32), offset=3.0)
+        case = make_cases(Sizes(1, 4, 1, 1, (n,), 4, 4))[3]  # instance norm, one channel
+        assert case.kind == "instance_norm"
+        assert_matches_reference(case, x, case.layer().apply(x))
+
+    def test_group_norm_channel_affine_on_odd_spatial() -> None:
+        """7 channels per group over 3x5 positions: the affine index is j // spatial."""
+        case = make_cases(Sizes(2, 4, 14, 2, (3, 5), 4, 4))[4]
+        assert case.kind == "group_norm"
+        x = random_input(case.shape, np.dtype(np.float32))
+        assert_matches_reference(case, x, case.layer().apply(x))
+
+    def test_layer_norm_over_several_trailing_dims() -> None:
+        x = random_input((2, 3, 7), np.dtype(np.float32))
+        w = np.linspace(0.5, 1.5, 21).reshape(3, 7)
+        y = kernels.layer_norm(x, [3, 7], w, device="cuda")
+        expected = ref.layer_norm(x, [3, 7], w)
+        assert np.allclose(y, expected, atol=1e-5, rtol=1e-5)
+
+    def test_rms_norm_default_eps_fp16_is_fp32_epsilon() -> None:
+        """Tiny-valued rows make eps visible: FP16 data uses the FP32 machine epsilon."""
+        x = np.full((1, 33), 1e-4, dtype=np.float16)
+        y = kernels.rms_norm(x, [33], device="cuda")
+        expected = ref.rms_norm(x, [33], eps=float(np.finfo(np.float32).eps))
+        assert np.allclose(y.astype(np.float64), expected, atol=2e-3, rtol=2e-3)
+
+    @pytest.mark.parametrize(("kind", "batch"),
+                             [("layer_norm", 70), ("group_norm", 20), ("spectral_norm", 70)])
+    def test_batch_invariance(kind: str, batch: int) -> None:
+        """A sample alone, in a short batch and in a long one: bitwise equal.
+
+        The long batch spans several 8-row normalisation blocks (group norm has 3 rows a
+        sample) or two GEMM row tiles, and each slice moves the probed sample to another
+        position in its block.
+        """
+        case = CASES[kind]
+        layer = case.layer()
+        x = random_input((batch, *case.shape[1:]), np.dtype(np.float32))
+        full = layer.apply(x)
+        for lo, hi in ((batch - 4, batch - 3), (batch - 9, batch), (5, batch)):
+            part = layer.apply(x[lo:hi])
+            np.testing.assert_array_equal(part, full[lo:hi])
+
+    def test_nan_stays_in_its_row() -> None:
+        case = CASES["layer_norm"]
+        x = random_input(case.shape, np.dtype(np.float32))
+        x[1, 5] = np.nan
+        y = case.layer().apply(x)
+        assert np.isnan(y[1]).all()
+        assert np.isfinite(y[[0, 2]]).all()
+        assert_matches_reference(case, x[[0, 2]], y[[0, 2]])
+
+    def test_device_arrays_in_and_out_without_host_copies() -> None:
+        case = CASES["group_norm"]
+        layer = case.layer()
+        x = random_input(case.shape, np.dtype(np.float16))
+        dx = cuda.to_device(x)
+        dy = layer.apply(dx)
+        assert not isinstance(dy, np.ndarray)
+        np.testing.assert_array_equal(dy.copy_to_host(), layer.apply(x))
+        dout = cuda.device_array(case.shape, dtype=np.float16)
+        assert layer.apply(dx, out=dout) is dout
+        np.testing.assert_array_equal(dout.copy_to_host(), dy.copy_to_host())
+
+    def test_prepared_layer_keeps_parameters_resident() -> None:
+        case = CASES["weight_norm"]
+        layer = case.layer()
+        x = random_input(case.shape, np.dtype(np.float32))
+        layer.apply(x)
+        cached = dict(layer._cast)
+        layer.apply(x)
+        assert layer._cast == cached
+        (params,) = cached.values()
+        assert all(hasattr(p, "copy_to_host") for p in params.values())
+
+    def test_numpy_out_is_filled() -> None:
+        case = CASES["batch_norm"]
+        x = random_input(case.shape, np.dtype(np.float32))
+        out = np.empty_like(x)
+        assert case.layer().apply(x, out=out) is out
+        assert_matches_reference(case, x, out)
+
+    def test_layer_to_cuda_and_empty_batch() -> None:
+        cpu_layer = CASES["rms_norm"].layer("cpu")
+        gpu_layer = cpu_layer.to("cuda")
+        assert gpu_layer.device == "cuda"
+        empty = np.empty((0, SIZES.features), dtype=np.float32)
+        assert gpu_layer.apply(empty).shape == (0, SIZES.features)
+        assert gpu_layer.apply(cuda.to_device(empty)).shape == (0, SIZES.features)
+
+    def test_bad_arguments_name_the_argument() -> None:
+        layer = CASES["layer_norm"].layer()
+        x = random_input(CASES["layer_norm"].shape, np.dtype(np.float32))
+        dx = cuda.to_device(x)
+        with pytest.raises(TypeError, match="out"):
+            layer.apply(dx, out=np.empty_like(x))
+        with pytest.raises(TypeError, match="out"):
+            layer.apply(x, out=cuda.device_array(x.shape, dtype=np.float32))
+        with pytest.raises(TypeError, match="out"):
+            layer.apply(dx, out=cuda.device_array(x.shape, dtype=np.float64))
+        with pytest.raises(ValueError, match="out"):
+            layer.apply(dx, out=cuda.device_array((4, 37), dtype=np.float32))
+        with pytest.raises(ValueError, match="normalized_shape"):
+            layer.apply(cuda.to_device(np.zeros((3, 36), dtype=np.float32)))
+        wide = cuda.to_device(np.zeros((3, 74), dtype=np.float32))
+        with pytest.raises(ValueError, match="C-contiguous"):
+            layer.apply(wide[:, ::2])
+        with pytest.raises(TypeError, match="x"):
+            layer.apply(cuda.to_device(np.zeros((3, 37), dtype=np.int32)))
+        with pytest.raises(TypeError, match="x"):
+            layer.apply([[1.0] * 37])
+
+    def test_cpu_kernels_still_work_beside_the_simulator() -> None:
+        """The simulator flag only swaps numba.cuda; @njit CPU kernels run as usual."""
+        case = CASES["layer_norm"]
+        x = random_input(case.shape, np.dtype(np.float32))
+        assert_matches_reference(case, x, case.layer("cpu").apply(x))
+
+    def test_benchmark_refuses_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+        assert bench_cuda.main([]) != 0
+        assert "GPU" in capsys.readouterr().err
