@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -45,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.info("serving %d model(s) from %s; %d skipped", len(registry.models),
                  registry.root, len(registry.errors))
         warm = asyncio.create_task(_warm_all(registry))
+        _on_stop_signals(ctx)
         try:
             yield
         finally:
@@ -62,6 +66,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_v2.router)
     app.include_router(routes_v1.router)
     return app
+
+
+def _on_stop_signals(ctx: Context) -> None:
+    """On SIGTERM/SIGINT: report not-ready and run queued requests at once, then let uvicorn
+    go on with its graceful shutdown (its handler is chained, not replaced)."""
+    loop = asyncio.get_running_loop()
+
+    def drain() -> None:
+        ctx.draining = True
+        for model in list(ctx.registry.models.values()):
+            model.batcher.flush()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+            loop.call_soon_threadsafe(drain)
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            signal.signal(sig, handler)
+        except ValueError:  # not the main thread (an embedding app): uvicorn's own handling only
+            return
 
 
 async def _warm_all(registry: Registry) -> None:

@@ -68,6 +68,7 @@ class Batcher:
         self._queue: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._closing = False
+        self._flushing = False  # set on SIGTERM: stop waiting for fuller batches
         self._task: asyncio.Task | None = None
 
     @property
@@ -93,8 +94,14 @@ class Batcher:
         except asyncio.TimeoutError:
             if item in self._queue:  # never started: take it out so it costs nothing
                 self._queue.remove(item)
+                self._wake.set()
             raise
         return out, item.timing
+
+    def flush(self) -> None:
+        """Run what is queued without waiting for fuller batches (the server is stopping)."""
+        self._flushing = True
+        self._wake.set()
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued and running batch, stop the loop."""
@@ -102,6 +109,10 @@ class Batcher:
         self._wake.set()
         if self._task is not None:
             await self._task
+
+    @property
+    def _stopping(self) -> bool:
+        return self._closing or self._flushing
 
     # --- the loop -------------------------------------------------------------------------
     def _ready_rows(self, key: tuple) -> int:
@@ -115,11 +126,11 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
             first = self._queue[0]
-            if self.batching and first.rows < self.max_batch_size and not self._closing:
+            if self.batching and first.rows < self.max_batch_size and not self._stopping:
                 deadline = first.enqueued + self.max_delay_s
                 while (self._ready_rows(first.key) < self.max_batch_size
                        and (left := deadline - time.perf_counter()) > 0
-                       and not self._closing and first in self._queue):
+                       and not self._stopping and first in self._queue):
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), left)

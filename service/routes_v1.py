@@ -110,8 +110,8 @@ def _build(config: Any, params: dict, device: str, name: str) -> Any:
 async def register(name: str, request: Request) -> OrjsonResponse:
     ctx = ctx_of(request)
     require_admin(request, ctx.settings)
-    if not valid_name(name):
-        raise ApiError(400, "name: must match [A-Za-z0-9_.-]{1,64}")
+    if not valid_name(name) or name.startswith("."):
+        raise ApiError(400, "name: must match [A-Za-z0-9_.-]{1,64} and not start with '.'")
     req: RegisterRequest = validate(RegisterRequest, await _json_body(request, ctx))
     fields = req.model_dump(exclude={"params"}, exclude_none=True)
     fields.update(req.model_extra or {})

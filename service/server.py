@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    # uvicorn re-raises a captured SIGTERM once its graceful shutdown is done; the handler in
+    # place then is this one, so a drained server exits 0 rather than dying of the signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run("service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 access_log=args.access_log, timeout_graceful_shutdown=None,

@@ -1,0 +1,188 @@
+"""Shared helpers of the service tests: a real normserve server in a subprocess on a free
+loopback port, the demo models' parameters, and float64 reference outputs (the oracle)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from safetensors.numpy import load_file
+
+from kernels import reference
+from kernels.dtypes import DATATYPES
+from kernels.repository import load_model
+from service.demo import demo_models
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "service" / "demo_repository"
+START_TIMEOUT_S = 300  # a cold Numba cache compiles every kernel at start-up
+
+# Per-sample shapes used to test each demo model (its -1 dims made concrete).
+SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
+    "batch_norm_8": (8, 5),
+    "layer_norm_1024": (1024,),
+    "rms_norm_512": (512,),
+    "instance_norm_4": (4, 6),
+    "group_norm_8": (8, 3),
+    "weight_norm_64x32": (64,),
+    "spectral_norm_64x32": (64,),
+}
+TOLERANCE = {"FP64": 1e-9, "FP32": 1e-4, "FP16": 4e-3, "BF16": 3e-2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``normserve serve`` as a subprocess; ``url`` once ready, ``stop()`` sends SIGTERM."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Closed in stop(); a file (not a pipe) so that a chatty server never blocks on it.
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "w+", prefix="normserve-", suffix=".log")
+        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+    def wait_ready(self) -> Server:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready in {START_TIMEOUT_S} s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60) -> int:
+        self.terminate()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            self.log.close()
+
+
+@contextlib.contextmanager
+def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = Server(*args, env=env)
+    try:
+        yield server.wait_ready()
+    finally:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def demo_params(name: str) -> dict[str, np.ndarray]:
+    """A demo model's state dict as shipped in the package."""
+    return dict(load_file(str(DEMO / name / "params.safetensors")))
+
+
+def demo_config(name: str) -> dict[str, Any]:
+    return demo_models()[name][0]
+
+
+def local_layer(name: str) -> Any:
+    """The demo model's prepared layer in this process (for bitwise comparisons)."""
+    return load_model(DEMO / name)[1]
+
+
+def reference_output(name: str, x: np.ndarray) -> np.ndarray:
+    """float64 reference output of a demo model for ``x`` (``x`` in its wire dtype)."""
+    p = {k: v.astype(np.float64) for k, v in demo_params(name).items()}
+    cfg = demo_config(name)
+    kind = cfg["kind"]
+    if kind == "batch_norm":
+        return reference.batch_norm(x, p["running_mean"], p["running_var"], p["weight"],
+                                    p["bias"], cfg["eps"])
+    if kind == "layer_norm":
+        return reference.layer_norm(x, cfg["normalized_shape"], p["weight"], p["bias"],
+                                    cfg["eps"])
+    if kind == "rms_norm":
+        return reference.rms_norm(x, cfg["normalized_shape"], p["weight"], None)
+    if kind == "instance_norm":
+        return reference.instance_norm(x, p["weight"], p["bias"], cfg["eps"])
+    if kind == "group_norm":
+        return reference.group_norm(x, cfg["num_groups"], p["weight"], p["bias"], cfg["eps"])
+    if kind == "weight_norm":
+        return reference.weight_norm_linear(x, p["weight_v"], p["weight_g"], p["bias"], 0)
+    if kind == "spectral_norm":
+        return reference.spectral_norm_linear(x, p["weight_orig"], p["bias"], p["weight_u"],
+                                              p["weight_v"])
+    raise AssertionError(kind)
+
+
+def sample_input(name: str, rows: int, datatype: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, *SAMPLE_SHAPES[name])) * 2 + 0.5
+    return x.astype(DATATYPES[datatype])
+
+
+def assert_matches_reference(name: str, x: np.ndarray, y: np.ndarray, datatype: str) -> None:
+    assert y.dtype == x.dtype
+    ref = reference_output(name, x)
+    assert y.shape == ref.shape
+    tol = TOLERANCE[datatype]
+    np.testing.assert_allclose(y.astype(np.float64), ref, rtol=tol, atol=tol,
+                               err_msg=f"{name} {datatype}")
+
+
+def infer_json_body(x: np.ndarray, datatype: str, **extra: Any) -> dict[str, Any]:
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": datatype,
+                        "data": x.astype(np.float64).ravel().tolist()}], **extra}
+
+
+def infer_binary_body(x: np.ndarray, datatype: str,
+                      binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
+    """A hand-built binary-extension request (what tritonclient sends)."""
+    import orjson
+
+    raw = np.ascontiguousarray(x).tobytes()
+    head = orjson.dumps({"inputs": [{"name": "input", "shape": list(x.shape),
+                                     "datatype": datatype,
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "outputs": [{"name": "output",
+                                      "parameters": {"binary_data": binary_output}}]})
+    return head + raw, {"Inference-Header-Content-Length": str(len(head))}
+
+
+def decode_response(resp: httpx.Response) -> np.ndarray:
+    """The ``output`` tensor of an infer response, JSON or binary."""
+    n = resp.headers.get("inference-header-content-length")
+    import orjson
+
+    if n is None:
+        out = resp.json()["outputs"][0]
+        return np.asarray(out["data"], dtype=DATATYPES[out["datatype"]]).reshape(out["shape"])
+    head = orjson.loads(resp.content[:int(n)])
+    out = head["outputs"][0]
+    return np.frombuffer(resp.content[int(n):], dtype=DATATYPES[out["datatype"]]).reshape(
+        out["shape"])
