@@ -34,7 +34,8 @@ class BenchCase:
     target: bool = False  # one of the issue's headline cases
 
 
-def _cases(quick: bool) -> list[BenchCase]:
+def bench_cases(quick: bool = False) -> list[BenchCase]:
+    """The benchmark's cases; ``quick`` shrinks them for a smoke run."""
     rows, feats = (1024, 4096) if quick else (8192, 4096)
     img = (8, 256, 56, 56) if quick else (32, 256, 56, 56)
     lin = (512, 1024, 1024) if quick else (4096, 4096, 4096)
@@ -69,7 +70,8 @@ def gpu_unavailable() -> str | None:
     return None if available else "no CUDA GPU is available (numba.cuda.is_available() is False)"
 
 
-def _params(case: BenchCase, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def case_params(case: BenchCase, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random state-dict parameters for a case (every optional one present)."""
     c = case.shape[1] if len(case.shape) > 1 else case.shape[0]
     if case.kind in ("layer_norm", "rms_norm"):
         f = case.shape[-1]
@@ -87,8 +89,10 @@ def _params(case: BenchCase, rng: np.random.Generator) -> dict[str, np.ndarray]:
     if case.kind == "weight_norm":
         return {"weight_v": w, "weight_g": rng.uniform(0.5, 1.5, (n_out, 1)),
                 "bias": rng.uniform(-1, 1, n_out)}
+    v = rng.standard_normal(w.shape[1])
+    u = w @ v  # torch's stored u follows W v, so sigma = u . (W v) > 0
     return {"weight_orig": w, "bias": rng.uniform(-1, 1, n_out),
-            "weight_u": rng.standard_normal(n_out), "weight_v": rng.standard_normal(w.shape[1])}
+            "weight_u": u / np.linalg.norm(u), "weight_v": v / np.linalg.norm(v)}
 
 
 def _time_ms(fn: Callable[[], Any], event: Callable[[], Any], sync: Callable[[], None],
@@ -173,7 +177,7 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
     import kernels
 
     rng = np.random.default_rng(0)
-    params = _params(case, rng)
+    params = case_params(case, rng)
     hyper = {k: v for k, v in case.hyper.items() if k != "out_features"}
     layer = kernels.prepare(case.kind, params, device="cuda", **hyper)
     x_np = rng.standard_normal(case.shape).astype(case.dtype)
@@ -197,7 +201,7 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
     return row
 
 
-def _format(rows: Sequence[dict[str, Any]], copy_gbs: float, device: str) -> str:
+def format_table(rows: Sequence[dict[str, Any]], copy_gbs: float, device: str) -> str:
     lines = [f"device: {device}; device-to-device copy: {copy_gbs:.0f} GB/s",
              f"{'kind':<14}{'shape':<18}{'dtype':<9}{'ms':>9}{'GB/s':>9}{'%copy':>7}"
              f"{'torch ms':>10}{'vs torch':>9}  note"]
@@ -228,11 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from numba import cuda
 
-    cases = [c for c in _cases(args.quick) if not args.kinds or c.kind in args.kinds]
+    cases = [c for c in bench_cases(args.quick) if not args.kinds or c.kind in args.kinds]
     copy_gbs = copy_bandwidth()
     rows = [run_case(c, copy_gbs, args.repeat, args.inner) for c in cases]
     name = cuda.get_current_device().name
-    print(_format(rows, copy_gbs, name.decode() if isinstance(name, bytes) else str(name)))
+    print(format_table(rows, copy_gbs, name.decode() if isinstance(name, bytes) else str(name)))
     return 0
 
 

@@ -202,3 +202,18 @@ else:
     def test_benchmark_refuses_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
         assert bench_cuda.main([]) != 0
         assert "GPU" in capsys.readouterr().err
+
+    def test_benchmark_cases_prepare_and_format() -> None:
+        """The GPU benchmark cannot run here; its cases and table can be checked all the same."""
+        rng = np.random.default_rng(0)
+        rows = []
+        for case in bench_cuda.bench_cases(quick=True):
+            hyper = {k: v for k, v in case.hyper.items() if k != "out_features"}
+            layer = kernels.prepare(case.kind, bench_cuda.case_params(case, rng), **hyper)
+            assert len(layer.output_shape(case.shape)) == len(case.shape)
+            rows.append({"kind": case.kind, "shape": "x".join(map(str, case.shape)),
+                         "dtype": case.dtype.name, "ms": 1.0, "GB/s": 800.0, "copy": 0.8,
+                         "torch_ms": 1.1, "speedup": 1.1, "target": case.target})
+        table = bench_cuda.format_table(rows, 1000.0, "test device")
+        assert table.count("target met") == 4
+        assert {"layer_norm", "rms_norm", "spectral_norm"} <= set(table.split())
