@@ -16,5 +16,6 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     flags = getattr(out, "flags", None)
     if flags is not None and not flags["C_CONTIGUOUS"]:
         raise ValueError("out must be C-contiguous")
-    if flags is not None and not flags["WRITEABLE"]:
+    # NumPy's flags object has ``writeable``; Numba device arrays' plain dict has no such key.
+    if flags is not None and not getattr(flags, "writeable", True):
         raise ValueError("out must be writeable")
