@@ -66,7 +66,7 @@ class Batcher:
         self.batching = batching
         self.on_batch = on_batch
         self._queue: deque[_Pending] = deque()
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future | None = None  # the loop sleeps on this
         self._closing = False
         self._flushing = False  # set on SIGTERM: stop waiting for fuller batches
         self._task: asyncio.Task | None = None
@@ -80,7 +80,10 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, Timing]:
-        """This request's output rows, after batching; QueueFull, Closed or asyncio.TimeoutError."""
+        """This request's output rows, after batching; QueueFull, Closed or asyncio.TimeoutError.
+
+        The timeout is a timer on the request's own future (no extra task per request).
+        """
         if self._closing:
             raise Closed
         if len(self._queue) >= self.max_queue_size:
@@ -88,31 +91,54 @@ class Batcher:
         loop = asyncio.get_running_loop()
         item = _Pending(x, (x.dtype, x.shape[1:]), loop.create_future(), time.perf_counter())
         self._queue.append(item)
-        self._wake.set()
+        self._wake_loop()
+        timer = loop.call_later(timeout_s, self._expire, item)
         try:
-            out = await asyncio.wait_for(asyncio.shield(item.future), timeout_s)
-        except asyncio.TimeoutError:
-            if item in self._queue:  # never started: take it out so it costs nothing
-                self._queue.remove(item)
-                self._wake.set()
-            raise
+            out = await item.future
+        finally:
+            timer.cancel()
         return out, item.timing
+
+    def _expire(self, item: _Pending) -> None:
+        if item.future.done():
+            return
+        item.future.set_exception(asyncio.TimeoutError())
+        if item in self._queue:  # never started: take it out so it costs nothing
+            self._queue.remove(item)
+            self._wake_loop()
 
     def flush(self) -> None:
         """Run what is queued without waiting for fuller batches (the server is stopping)."""
         self._flushing = True
-        self._wake.set()
+        self._wake_loop()
 
     async def close(self) -> None:
         """Refuse new requests, finish every queued and running batch, stop the loop."""
         self._closing = True
-        self._wake.set()
+        self._wake_loop()
         if self._task is not None:
             await self._task
 
     @property
     def _stopping(self) -> bool:
         return self._closing or self._flushing
+
+    def _wake_loop(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _sleep(self, timeout_s: float | None) -> None:
+        """Until woken (a new request, a flush, a close) or ``timeout_s`` passes."""
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(
+            timeout_s, lambda: waiter.done() or waiter.set_result(None))
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self._waiter = None
 
     # --- the loop -------------------------------------------------------------------------
     def _ready_rows(self, key: tuple) -> int:
@@ -123,19 +149,14 @@ class Batcher:
             while not self._queue:
                 if self._closing:
                     return
-                self._wake.clear()
-                await self._wake.wait()
+                await self._sleep(None)
             first = self._queue[0]
             if self.batching and first.rows < self.max_batch_size and not self._stopping:
                 deadline = first.enqueued + self.max_delay_s
                 while (self._ready_rows(first.key) < self.max_batch_size
                        and (left := deadline - time.perf_counter()) > 0
                        and not self._stopping and first in self._queue):
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), left)
-                    except asyncio.TimeoutError:
-                        break
+                    await self._sleep(left)
             batch = self._take()
             if batch:
                 await self._run(batch)

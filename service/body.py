@@ -7,6 +7,7 @@ are inflated with the same limit, so a compression bomb is a 413 and not an out-
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 from starlette.requests import ClientDisconnect, Request
@@ -16,6 +17,17 @@ from .errors import ApiError
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, f"body: larger than the limit of {limit} bytes")
+
+
+async def read_body_within(request: Request, limit: int, timeout_s: float) -> bytes:
+    """``read_body`` under a deadline (408 when a client sends too slowly)."""
+    try:
+        if hasattr(asyncio, "timeout"):  # 3.11+: a deadline without an extra task
+            async with asyncio.timeout(timeout_s):
+                return await read_body(request, limit)
+        return await asyncio.wait_for(read_body(request, limit), timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"body: not received within {timeout_s:g} s") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -9,6 +9,8 @@ each worker reports its own numbers. prometheus-client names counters ``<name>_t
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -62,6 +64,9 @@ class Metrics:
         self.compute_s = Histogram("normserve_compute_duration_seconds",
                                    "Kernel time of a batch", labels, buckets=LATENCY_BUCKETS,
                                    registry=r)
+        # Which process answered a scrape: with --workers N each worker has its own numbers.
+        Gauge("normserve_process_info", "This server process", ("pid",),
+              registry=r).labels(str(os.getpid())).set(1)
         self.batch_size = Histogram("normserve_batch_size", "Rows per executed batch", labels,
                                     buckets=BATCH_BUCKETS, registry=r)
 

@@ -16,7 +16,7 @@ from kernels import prepare
 from kernels.repository import ModelError, build_layer, parse_config, valid_name
 
 from .admin import require_admin
-from .body import read_body
+from .body import read_body_within
 from .codec import check_shape, decode_tensor, tensor_json
 from .context import Context, ctx_of
 from .errors import ApiError
@@ -29,11 +29,8 @@ RESERVED = {"device", "params", "input"}
 
 
 async def _json_body(request: Request, ctx: Context) -> Any:
-    try:
-        body = await asyncio.wait_for(read_body(request, ctx.settings.max_body_bytes),
-                                      ctx.settings.request_timeout)
-    except asyncio.TimeoutError:
-        raise ApiError(408, f"body: not received within {ctx.settings.request_timeout} s") from None
+    body = await read_body_within(request, ctx.settings.max_body_bytes,
+                                  ctx.settings.request_timeout)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 
 from . import __version__
 from .batcher import Closed, QueueFull
-from .body import read_body
+from .body import read_body_within
 from .codec import HEADER_LENGTH, decode_infer, encode_infer
 from .context import ctx_of
 from .errors import ApiError
@@ -108,11 +108,8 @@ async def _infer(name: str, request: Request) -> PartsResponse:
     model = ctx.registry.get(name)
     settings = ctx.settings
     try:
-        try:
-            body = await asyncio.wait_for(read_body(request, settings.max_body_bytes),
-                                          settings.request_timeout)
-        except asyncio.TimeoutError:
-            raise ApiError(408, f"body: not received within {settings.request_timeout} s") from None
+        body = await read_body_within(request, settings.max_body_bytes,
+                                      settings.request_timeout)
         call = decode_infer(body, request.headers.get(HEADER_LENGTH), ctx.limits)
         model.check_input(call.array.shape, "inputs[0].shape")
         timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
