@@ -23,11 +23,12 @@ from numba import njit, prange
 from . import cpu_gemm, dtypes
 from .buffers import POOL
 from .checks import check_out
+from .cpu_jit import threaded_kernel
 
 _REDUCE = {"reassoc", "contract", "nsz", "arcp"}
 # The kernels themselves allow only FMA contraction: re-association would fold
 # ``(x - m_hi) - m_lo`` into ``x - (m_hi + m_lo)`` and lose the split mean's low part.
-_OPTS = {"parallel": True, "nogil": True, "cache": True, "fastmath": {"contract"}}
+_OPTS = {"nogil": True, "cache": True, "fastmath": {"contract"}}
 
 
 @njit(nogil=True, cache=True, fastmath=_REDUCE)
@@ -47,7 +48,7 @@ def _row_moments(row, center):
     return mean, ss / n
 
 
-@njit(**_OPTS)
+@threaded_kernel(**_OPTS)
 def row_norm(x, out, weight, bias, eps, center):
     """Layer norm (``center``) or RMSNorm over each row of ``x`` (rows, features).
 
@@ -66,7 +67,7 @@ def row_norm(x, out, weight, bias, eps, center):
             dst[j] = ((row[j] - m_hi) - m_lo) * rstd * weight[j] + bias[j]
 
 
-@njit(**_OPTS)
+@threaded_kernel(**_OPTS)
 def grouped_norm(x, out, weight, bias, groups, spatial, eps):
     """Instance norm (one channel a group) or group norm over rows of (sample, group).
 
@@ -92,7 +93,7 @@ def grouped_norm(x, out, weight, bias, groups, spatial, eps):
                 dst[s] = ((row[s] - m_hi) - m_lo) * scale + shift
 
 
-@njit(**_OPTS)
+@threaded_kernel(**_OPTS)
 def channel_affine(x, out, scale, shift):
     """Batch norm with folded statistics: ``y = x * scale[c] + shift[c]`` on (N, C, S).
 

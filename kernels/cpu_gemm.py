@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
+
+from .cpu_jit import threaded_kernel
 
 #: Output columns per tile and per packed weight panel.
 TILE_COLS = 16
@@ -111,7 +113,8 @@ def _tile(typingctx, x_t, rows_t, r0_t, panel_t, bias_t, out_t, c0_t):
 _ROW_BLOCK = 64  # rows kept in cache while the weight panels stream past
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@threaded_kernel(work=lambda x, packed, *_: x.size * packed.shape[0] * TILE_COLS,
+                 nogil=True, cache=True)
 def gemm(x, packed, bias, out):
     """``out = x @ W.T + bias`` from ``packed = pack_weight(W)``; rows split across threads."""
     rows = x.shape[0]
