@@ -121,6 +121,11 @@ warm_s=$ready_s
 say "run -> ready, warm Numba cache (as built): $warm_s s"
 "$PY" docker/smoke_client.py infer "$URL" service/demo_repository/layer_norm_1024 \
     || fail "inference"
+# The build-time cache was used, not rebuilt: the cache files are exactly as the image has them.
+# shellcheck disable=SC2016  # expanded inside the container
+listing='find "$NUMBA_CACHE_DIR" -type f -printf "%P %s %T@\n" | sort'
+[ "$(pm exec ns-warm sh -c "$listing")" = "$(pm run --rm --entrypoint sh "$IMAGE" -c "$listing")" ] \
+    || fail "the warm start recompiled kernels: the image's Numba cache was not used"
 [ "$(pm exec ns-warm id -u)" = 10001 ] || fail "server does not run as uid 10001"
 pm healthcheck run ns-warm >/dev/null || fail "HEALTHCHECK is not healthy"
 pm exec ns-warm python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("torch") is not None)' \

@@ -145,6 +145,9 @@ def test_deployment_probes_and_resources() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+    # Numba's thread pool follows the CPU limit, not the node's core count.
+    threads = next(e for e in c["env"] if e["name"] == "NUMBA_NUM_THREADS")
+    assert threads["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
     # The HPA scales this Deployment and the Service selects its pods.
     assert kube["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == \
         kube["Deployment"]["metadata"]["name"]
