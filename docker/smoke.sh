@@ -147,6 +147,18 @@ cold_s=$ready_s
 say "run -> ready, cold Numba cache: $cold_s s"
 pm rm -f -t 2 ns-cold >/dev/null
 
+# A read-only root filesystem (hardened deployments): Numba cannot write its cache there, so
+# the kernels compile in memory at start; the server must still come up and answer correctly.
+start ns-ro --read-only --cpus 1
+ro_s=$ready_s
+"$PY" docker/smoke_client.py infer "$URL" service/demo_repository/layer_norm_1024 \
+    || fail "inference with a read-only root filesystem"
+# shellcheck disable=SC2016  # expanded inside the container
+threads=$(pm exec ns-ro sh -c 'tr "\0" "\n" </proc/1/environ | sed -n "s/^NUMBA_NUM_THREADS=//p"')
+[ "$threads" = 1 ] || fail "NUMBA_NUM_THREADS is '$threads', not the container's 1-CPU limit"
+say "read-only root filesystem, --cpus 1: ready in $ro_s s (kernels compiled in memory)"
+pm rm -f -t 2 ns-ro >/dev/null
+
 # A repository mounted at /models replaces the demo repository.
 mkdir -p "$WORK/models"
 cp -r service/demo_repository/layer_norm_1024 "$WORK/models/"

@@ -25,8 +25,9 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .cpu_jit import jit
 from .layers import PreparedLayer, prepare
 
 FLUSH_BYTES = 256 << 20
@@ -49,7 +50,7 @@ class Case:
         return self.x.nbytes + out + params  # params as FP32
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@jit(parallel=True, nogil=True, cache=True)
 def _parallel_copy(src, dst):
     n = src.shape[0]
     chunk = 1 << 16

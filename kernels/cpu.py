@@ -18,12 +18,12 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from . import cpu_gemm, dtypes
 from .buffers import POOL
 from .checks import check_out
-from .cpu_jit import threaded_kernel
+from .cpu_jit import jit, threaded_kernel
 
 _REDUCE = {"reassoc", "contract", "nsz", "arcp"}
 # The kernels themselves allow only FMA contraction: re-association would fold
@@ -31,7 +31,7 @@ _REDUCE = {"reassoc", "contract", "nsz", "arcp"}
 _OPTS = {"nogil": True, "cache": True, "fastmath": {"contract"}}
 
 
-@njit(nogil=True, cache=True, fastmath=_REDUCE)
+@jit(nogil=True, cache=True, fastmath=_REDUCE)
 def _row_moments(row, center):
     """(mean, mean square of the deviations) of one row, in float64, two passes."""
     n = row.shape[0]

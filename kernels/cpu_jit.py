@@ -1,14 +1,20 @@
-"""Compile each CPU kernel twice, threaded and serial, and run the one the work calls for.
+"""How the CPU kernels are compiled and launched.
 
-Waking Numba's thread pool costs tens of microseconds: more than a whole single-row request
-takes to compute, which is what a server mostly sees. Both variants come from the same
-source with the same flags, and each row is reduced by the same inner loops in either,
-so the choice never changes a result (the batch-invariance tests hold across the threshold).
+- ``jit``: ``numba.njit`` with the on-disk cache when a cache directory is writable, and
+  without it otherwise (a read-only container must still start, only slower).
+- ``threaded_kernel``: each kernel compiled twice, threaded and serial, picked per call.
+  Waking Numba's thread pool costs tens of microseconds, more than a whole single-row
+  request takes to compute, which is what a server mostly sees. Both variants come from the
+  same source with the same flags, and each row is reduced by the same inner loops in
+  either, so the choice never changes a result (the batch-invariance tests cross it).
+  Threaded launches are serialised: Numba's portable ``workqueue`` threading layer aborts
+  the process on concurrent launches, and one launch already uses every core.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -28,19 +34,38 @@ def _serial_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
     return copy
 
 
+_LAUNCH = threading.Lock()
+
+
+def jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``njit(**options)``, dropping ``cache=True`` where Numba finds nowhere to write."""
+
+    def wrap(fn: Callable[..., Any]) -> Any:
+        try:
+            return njit(**options)(fn)
+        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
+            if not options.get("cache") or "cannot cache" not in str(exc):
+                raise
+            return njit(**{**options, "cache": False})(fn)
+
+    return wrap
+
+
 class ThreadedKernel:
     """A kernel with a threaded (``prange``) and a serial variant, picked per call."""
 
     def __init__(self, fn: Callable[..., Any], work: Callable[..., int], **options: Any):
-        self.threaded = njit(parallel=True, **options)(fn)
-        self.serial = njit(parallel=False, **options)(_serial_copy(fn))
+        self.threaded = jit(parallel=True, **options)(fn)
+        self.serial = jit(parallel=False, **options)(_serial_copy(fn))
         self._work = work
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
 
     def __call__(self, *args: Any) -> Any:
-        big = self._work(*args) >= PARALLEL_MIN_WORK
-        return (self.threaded if big else self.serial)(*args)
+        if self._work(*args) < PARALLEL_MIN_WORK:
+            return self.serial(*args)
+        with _LAUNCH:
+            return self.threaded(*args)
 
 
 def threaded_kernel(work: Callable[..., int] = lambda x, *_: x.size,
