@@ -198,7 +198,8 @@ def _ort_peer(layer: PreparedLayer, x: np.ndarray, params: dict,
     binding = sess.io_binding()
     binding.bind_cpu_input("input", x)
     binding.bind_output("output", "cpu", 0, np.float32, list(out_shape), out.ctypes.data)
-    return lambda: sess.run_with_iobinding(binding)
+    # ``out`` rides along in the closure: ORT writes through a raw pointer to it.
+    return lambda out=out: sess.run_with_iobinding(binding)
 
 
 def build_cases(threads: int, only: str | None = None) -> list[Case]:

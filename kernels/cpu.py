@@ -83,14 +83,15 @@ def grouped_norm(x, out, weight, bias, groups, spatial, eps):
         m_hi = x.dtype.type(mean)
         m_lo = x.dtype.type(mean - m_hi)
         rstd = x.dtype.type(one / np.sqrt(var + eps))
-        dst = out[r]
         first = (r % groups) * per_group
         for k in range(per_group):
             scale = rstd * weight[first + k]
             shift = bias[first + k]
-            base = k * spatial
-            for s in range(base, base + spatial):
-                dst[s] = ((row[s] - m_hi) - m_lo) * scale + shift
+            # One channel's slice as its own view: LLVM vectorises this loop, not the offset one.
+            src = x[r, k * spatial : (k + 1) * spatial]
+            dst = out[r, k * spatial : (k + 1) * spatial]
+            for s in range(spatial):
+                dst[s] = ((src[s] - m_hi) - m_lo) * scale + shift
 
 
 @threaded_kernel(**_OPTS)
