@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from . import __version__, errors, routes_v1, routes_v2
 from .codec import Limits
 from .context import Context
+from .fastpath import InferFastPath
 from .metrics import Metrics
 from .registry import Registry
 from .responses import OrjsonResponse
@@ -30,7 +31,7 @@ from .settings import Settings
 log = logging.getLogger("normserve")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> InferFastPath:
     """A ready-to-serve app for these settings (read from the environment when None)."""
     settings = settings or Settings.from_env()
 
@@ -65,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(routes_v2.router)
     app.include_router(routes_v1.router)
-    return app
+    return InferFastPath(app)
 
 
 def _on_stop_signals(ctx: Context) -> None:
@@ -100,6 +101,6 @@ async def _warm_all(registry: Registry) -> None:
             log.exception("warm-up of %s failed", model.name)
 
 
-def create_app_from_env() -> FastAPI:
+def create_app_from_env() -> InferFastPath:
     """uvicorn's factory for ``--workers N``: settings come through the environment."""
     return create_app(Settings.from_env())

@@ -49,6 +49,9 @@ class _Pending:
         return self.x.shape[0]
 
 
+#: Turns of the event loop without a new request after which an adaptive batch closes.
+_IDLE_TURNS = 3
+
 BatchObserver = Callable[[int, int, float], None]  # (rows, requests, compute seconds)
 
 
@@ -57,13 +60,14 @@ class Batcher:
 
     def __init__(self, layer: PreparedLayer, executor: Executor, *, max_batch_size: int,
                  max_queue_delay_us: int, max_queue_size: int, batching: bool = True,
-                 on_batch: BatchObserver | None = None) -> None:
+                 adaptive: bool = True, on_batch: BatchObserver | None = None) -> None:
         self.layer = layer
         self.executor = executor
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
         self.batching = batching
+        self.adaptive = adaptive
         self.on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._waiter: asyncio.Future | None = None  # the loop sleeps on this
@@ -152,14 +156,33 @@ class Batcher:
                 await self._sleep(None)
             first = self._queue[0]
             if self.batching and first.rows < self.max_batch_size and not self._stopping:
-                deadline = first.enqueued + self.max_delay_s
-                while (self._ready_rows(first.key) < self.max_batch_size
-                       and (left := deadline - time.perf_counter()) > 0
-                       and not self._stopping and first in self._queue):
-                    await self._sleep(left)
+                await self._gather(first)
             batch = self._take()
             if batch:
                 await self._run(batch)
+
+    async def _gather(self, first: _Pending) -> None:
+        """Let more requests join ``first``'s batch, until it is full or the wait is over.
+
+        Deadline mode sleeps until ``max_queue_delay_us`` has passed. Adaptive mode yields to
+        the event loop instead, which parses whatever requests have arrived, and stops once
+        a few turns of the loop bring nothing new: waiting longer would only add latency, as
+        no request is on its way (a lone client's request runs at once, and under load the
+        batch holds everything that came in meanwhile).
+        """
+        deadline = first.enqueued + self.max_delay_s
+        idle_turns = 0
+        while (self._ready_rows(first.key) < self.max_batch_size
+               and (left := deadline - time.perf_counter()) > 0
+               and not self._stopping and first in self._queue):
+            if not self.adaptive:
+                await self._sleep(left)
+                continue
+            before = len(self._queue)
+            await asyncio.sleep(0)
+            idle_turns = 0 if len(self._queue) > before else idle_turns + 1
+            if idle_turns >= _IDLE_TURNS:
+                return
 
     def _take(self) -> list[_Pending]:
         """The oldest request and the compatible ones after it that fit, in arrival order."""

@@ -120,7 +120,8 @@ class Registry:
             max_queue_delay_us=(config.max_queue_delay_us if s.max_queue_delay_us is None
                                 else s.max_queue_delay_us),
             max_queue_size=s.max_queue_size or config.max_queue_size,
-            batching=s.batching, on_batch=observe)
+            batching=s.batching, adaptive=s.batch_wait == "adaptive",
+            on_batch=observe)
 
     def add(self, name: str, config: ModelConfig,
             layer: PreparedLayer) -> tuple[Model, Model | None]:

@@ -1,5 +1,8 @@
-"""A response sent as several body parts: an infer reply's JSON header and its raw tensor bytes
-go out back to back without being joined into one more copy."""
+"""A response made of parts: an infer reply's JSON header and its raw tensor bytes.
+
+Each ASGI body message is one write to the socket, which costs more than copying a small
+tensor, so small replies are joined and sent in one message; large ones go out part by
+part without the extra copy."""
 
 from __future__ import annotations
 
@@ -7,11 +10,16 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+#: Replies up to this size are joined into one body message.
+JOIN_BELOW = 1 << 20
+
 
 class PartsResponse(Response):
-    """``Content-Length`` is the sum of the parts; each part is one ASGI body message."""
+    """``Content-Length`` is the sum of the parts; small replies go out in one message."""
 
     def __init__(self, parts: list[bytes], headers: dict[str, str], status_code: int = 200):
+        if len(parts) > 1 and sum(len(p) for p in parts) <= JOIN_BELOW:
+            parts = [b"".join(parts)]
         self.parts = parts
         super().__init__(b"", status_code=status_code, headers=headers)
         self.headers["content-length"] = str(sum(len(p) for p in parts))

@@ -89,19 +89,26 @@ async def model_version_ready(name: str, version: str, request: Request) -> Orjs
 _INFER_DOC = request_body(InferenceRequest)
 
 
+# These two routes document the protocol in /openapi.json; requests to them are served by
+# ``fastpath.InferFastPath`` before FastAPI's router is reached.
 @router.post("/v2/models/{name}/infer", openapi_extra=_INFER_DOC)
 async def infer(name: str, request: Request) -> PartsResponse:
-    return await _infer(name, request)
+    return await infer_request(name, request)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_DOC)
 async def infer_version(name: str, version: str, request: Request) -> PartsResponse:
+    check_version(request, name, version)
+    return await infer_request(name, request)
+
+
+def check_version(request: Request, name: str, version: str) -> None:
+    """404 for an unknown model, then for a version other than the one served."""
     ctx_of(request).registry.get(name)
     _version(name, version)
-    return await _infer(name, request)
 
 
-async def _infer(name: str, request: Request) -> PartsResponse:
+async def infer_request(name: str, request: Request) -> PartsResponse:
     """Decode, queue for a batch, encode: the hot path."""
     start = time.perf_counter()
     ctx = ctx_of(request)

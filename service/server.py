@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tensor-elements", type=_positive(int), default=16 * 1024 * 1024)
     p.add_argument("--request-timeout", type=_positive(float), default=30.0,
                    help="seconds a request may take, queueing included")
+    p.add_argument("--batch-wait", choices=["adaptive", "deadline"], default="adaptive",
+                   help="adaptive: run a batch once requests stop arriving, waiting at most "
+                        "max_queue_delay_us; deadline: always wait max_queue_delay_us")
     p.add_argument("--no-batching", action="store_true",
                    help="run every request alone (for comparisons)")
     p.add_argument("--max-batch-size", type=_positive(int),
@@ -66,6 +69,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         device=args.device, admin_token=args.admin_token or None,
         max_body_bytes=args.max_body_bytes, max_tensor_elements=args.max_tensor_elements,
         request_timeout=args.request_timeout, batching=not args.no_batching,
+        batch_wait=args.batch_wait,
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup)
 

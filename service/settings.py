@@ -26,6 +26,9 @@ class Settings:
     max_rank: int = 8
     request_timeout: float = 30.0  # seconds a request may wait for its result
     batching: bool = True  # False: every request runs alone (for comparisons)
+    # "adaptive": close a batch as soon as requests stop arriving (max_queue_delay_us is the
+    # cap); "deadline": always wait max_queue_delay_us for a fuller batch (Triton's way).
+    batch_wait: str = "adaptive"
     max_batch_size: int | None = None  # overrides every model's max_batch_size when set
     max_queue_delay_us: int | None = None  # overrides every model's setting when set
     max_queue_size: int | None = None  # overrides every model's setting when set

@@ -93,8 +93,9 @@ def test_concurrent_clients_get_their_own_rows():
 
 @pytest.fixture(scope="module")
 def slow_server():
-    """Batches wait up to 30 s to fill; the queue holds one request; batches of 64 rows."""
-    with running_server("--max-queue-size", "1", "--max-queue-delay-us", "30000000",
+    """Batches wait 30 s to fill (deadline mode); the queue holds one request; 64-row batches."""
+    with running_server("--batch-wait", "deadline", "--max-queue-size", "1",
+                        "--max-queue-delay-us", "30000000",
                         "--max-batch-size", "64") as server:
         yield server
 
@@ -141,7 +142,8 @@ def test_queue_full_timeout_and_oversized_requests(slow_server):
 
 def test_sigterm_runs_queued_requests_and_exits():
     """A request waiting for a fuller batch when SIGTERM arrives is still answered, correctly."""
-    server = Server("--max-queue-delay-us", "30000000", "--max-batch-size", "64").wait_ready()
+    server = Server("--batch-wait", "deadline", "--max-queue-delay-us", "30000000",
+                    "--max-batch-size", "64").wait_ready()
     try:
         model = "rms_norm_512"
         x = sample_input(model, 2, "FP32", seed=11)
@@ -207,3 +209,17 @@ def test_sigterm_under_load_every_answer_is_correct():
     assert outcomes <= {"ok", "unanswered", "status 503"}, [r for r in results
                                                            if r[0].startswith("status")][:3]
     assert sum(o == "ok" for o, _ in results) >= 200
+
+
+def test_adaptive_batching_runs_a_lone_request_without_waiting_for_the_delay():
+    """Adaptive mode (the default) closes a batch once requests stop arriving: with a 60 s
+    max_queue_delay, a lone request is still answered (the client gives up after 20 s)."""
+    with running_server("--max-queue-delay-us", "60000000") as server:
+        model = "layer_norm_1024"
+        for seed in range(3):
+            x = sample_input(model, 2, "FP32", seed=seed)
+            payload, headers = infer_binary_body(x, "FP32")
+            resp = httpx.post(f"{server.url}/v2/models/{model}/infer", content=payload,
+                              headers=headers, timeout=20)
+            assert resp.status_code == 200, resp.text
+            assert_matches_reference(model, x, decode_response(resp), "FP32")
