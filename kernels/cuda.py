@@ -13,7 +13,6 @@ The functions ``row_norm``, ``grouped_norm``, ``channel_affine`` and ``linear`` 
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -126,10 +125,7 @@ def _apply_device(layer, dx: Any, out: Any) -> Any:
         if dout is None:
             raise TypeError("out must be a CUDA device array when x is one, got "
                             f"{type(out).__name__}")
-        # check_out reads NumPy's WRITEABLE flag, which device arrays lack: check the rest here.
-        check_out(SimpleNamespace(shape=tuple(dout.shape), dtype=dout.dtype), shape, dt)
-        if not dout.is_c_contiguous():
-            raise ValueError("out must be C-contiguous")
+        check_out(dout, shape, dt)
     if dx.size == 0:
         return out
     _launch(layer, dx, dout)

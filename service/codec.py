@@ -166,7 +166,8 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits) -> Infe
                      None if timeout is None else timeout / 1e6)
 
 
-def encode_infer(model: str, call: InferCall, out: np.ndarray) -> tuple[list[bytes], dict]:
+def encode_infer(model: str, call: InferCall,
+                 out: np.ndarray) -> tuple[list[bytes | memoryview], dict]:
     """The response body parts and headers: JSON data, or a JSON header + the raw bytes."""
     datatype = datatype_name(out.dtype)
     head: dict[str, Any] = {"model_name": model, "model_version": "1"}
@@ -175,7 +176,8 @@ def encode_infer(model: str, call: InferCall, out: np.ndarray) -> tuple[list[byt
     output: dict[str, Any] = {"name": "output", "datatype": datatype, "shape": list(out.shape)}
     head["outputs"] = [output]
     if call.binary_output:
-        raw = np.ascontiguousarray(out).tobytes()
+        # A view, not a copy: it keeps the (pooled) batch output alive until it is sent.
+        raw = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
         output["parameters"] = {"binary_data_size": len(raw)}
         header = orjson.dumps(head)
         return [header, raw], {"inference-header-content-length": str(len(header)),

@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     settings = settings_from(args)
     os.environ[ENV_VAR] = settings.to_env()
+    if args.workers > 1 and "NUMBA_NUM_THREADS" not in os.environ:
+        # Each worker process has its own Numba thread pool: share the cores, don't
+        # oversubscribe them (N pools of all-cores threads thrash on the big batches).
+        os.environ["NUMBA_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
     import uvicorn
