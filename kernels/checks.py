@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from .dtypes import check_dtype
 
 
 def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -19,3 +22,17 @@ def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:
     # NumPy's flags object has ``writeable``; Numba device arrays' plain dict has no such key.
     if flags is not None and not getattr(flags, "writeable", True):
         raise ValueError("out must be writeable")
+
+
+def host_output(layer: Any, x: np.ndarray, out: Any,
+                allocate: Callable[[tuple[int, ...], np.dtype], np.ndarray] = np.empty
+                ) -> np.ndarray:
+    """Validate a NumPy input and its ``out``; return ``out``, allocated when None."""
+    dt = check_dtype(x.dtype, "x")
+    shape = layer.output_shape(x.shape)
+    if out is None:
+        return allocate(shape, dt)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array when x is one, got {type(out).__name__}")
+    check_out(out, shape, dt)
+    return out

@@ -22,7 +22,7 @@ from numba import prange
 
 from . import cpu_gemm, dtypes
 from .buffers import POOL
-from .checks import check_out
+from .checks import host_output
 from .cpu_jit import jit, threaded_kernel
 
 _REDUCE = {"reassoc", "contract", "nsz", "arcp"}
@@ -48,6 +48,18 @@ def _row_moments(row, center):
     return mean, ss / n
 
 
+@jit(**_OPTS)
+def _normaliser(row, center, eps):
+    """(m_hi, m_lo, rstd) in the row's dtype: the split mean and 1/sqrt(var + eps).
+
+    Compiled without re-association, which would fold ``mean - m_hi`` away.
+    """
+    mean, var = _row_moments(row, center)
+    m_hi = row.dtype.type(mean)
+    m_lo = row.dtype.type(mean - m_hi)
+    return m_hi, m_lo, row.dtype.type(1.0 / np.sqrt(var + eps))
+
+
 @threaded_kernel(**_OPTS)
 def row_norm(x, out, weight, bias, eps, center):
     """Layer norm (``center``) or RMSNorm over each row of ``x`` (rows, features).
@@ -55,13 +67,9 @@ def row_norm(x, out, weight, bias, eps, center):
     ``weight`` and ``bias`` have one value per feature (ones and zeros when absent).
     """
     rows, n = x.shape
-    one = x.dtype.type(1.0)
     for r in prange(rows):
         row = x[r]
-        mean, var = _row_moments(row, center)
-        m_hi = x.dtype.type(mean)
-        m_lo = x.dtype.type(mean - m_hi)
-        rstd = x.dtype.type(one / np.sqrt(var + eps))
+        m_hi, m_lo, rstd = _normaliser(row, center, eps)
         dst = out[r]
         for j in range(n):
             dst[j] = ((row[j] - m_hi) - m_lo) * rstd * weight[j] + bias[j]
@@ -76,13 +84,8 @@ def grouped_norm(x, out, weight, bias, groups, spatial, eps):
     """
     rows, n = x.shape
     per_group = n // spatial
-    one = x.dtype.type(1.0)
     for r in prange(rows):
-        row = x[r]
-        mean, var = _row_moments(row, True)
-        m_hi = x.dtype.type(mean)
-        m_lo = x.dtype.type(mean - m_hi)
-        rstd = x.dtype.type(one / np.sqrt(var + eps))
+        m_hi, m_lo, rstd = _normaliser(x[r], True, eps)
         first = (r % groups) * per_group
         for k in range(per_group):
             scale = rstd * weight[first + k]
@@ -131,22 +134,16 @@ def apply(layer, x, out=None):
     """Run a prepared layer on a NumPy array; half precision computes in FP32."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a NumPy array on device='cpu', got {type(x).__name__}")
-    dt = dtypes.check_dtype(x.dtype, "x")
-    shape = layer.output_shape(x.shape)
-    if out is None:
-        out = POOL.empty(shape, dt)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
-        check_out(out, shape, dt)
+    out = host_output(layer, x, out, POOL.empty)
     if x.size == 0:
         return out
+    dt = out.dtype
     cdt = dtypes.compute_dtype(dt)
     xc = x
     if dt != cdt or not x.flags["C_CONTIGUOUS"]:
         xc = POOL.empty(x.shape, cdt)
         np.copyto(xc, x, casting="unsafe")
-    oc = out if dt == cdt else POOL.empty(shape, cdt)
+    oc = out if dt == cdt else POOL.empty(out.shape, cdt)
     layer._run(sys.modules[__name__], xc, oc, layer._params_for(cdt, x.shape))
     if oc is not out:
         np.copyto(out, oc, casting="unsafe")

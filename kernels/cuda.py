@@ -22,7 +22,7 @@ from numba.cuda.cudadrv.devicearray import is_cuda_ndarray
 
 from . import cuda_kernels as ck
 from . import dtypes
-from .checks import check_out
+from .checks import check_out, host_output
 
 #: The dtypes device arrays may have (Numba has no bfloat16 on the device).
 DEVICE_DTYPES: tuple[np.dtype, ...] = (dtypes.FLOAT16, dtypes.FLOAT32, dtypes.FLOAT64)
@@ -89,16 +89,10 @@ def _launch(layer, x, out) -> None:
 
 
 def _apply_host(layer, x: np.ndarray, out: Any) -> np.ndarray:
-    dt = dtypes.check_dtype(x.dtype, "x")
-    shape = layer.output_shape(x.shape)
-    if out is None:
-        out = np.empty(shape, dtype=dt)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out must be a NumPy array when x is one, got {type(out).__name__}")
-        check_out(out, shape, dt)
+    out = host_output(layer, x, out)
     if x.size == 0:
         return out
+    dt, shape = out.dtype, out.shape
     kdt = dt if dt in DEVICE_DTYPES else dtypes.FLOAT32  # BF16 is widened on the host
     dx = cuda.to_device(np.ascontiguousarray(x, dtype=kdt))
     dout = cuda.device_array(shape, dtype=kdt)
