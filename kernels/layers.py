@@ -144,6 +144,10 @@ class PreparedLayer(ABC):
         """The parameter arrays the kernel reads, ones/zeros standing in for absent ones."""
         return {k: v for k, v in self.params.items() if v is not None}
 
+    def work(self, shape: tuple[int, ...]) -> int:
+        """About how many operations a forward pass on ``shape`` costs (for scheduling)."""
+        return math.prod(shape)
+
     def apply(self, x: Any, out: Any = None) -> Any:
         """The forward pass on ``x`` (batch axis first), into ``out`` when given."""
         return self._backend.apply(self, x, out)
@@ -461,6 +465,9 @@ class _Linear(PreparedLayer):
             raise ValueError(f"x must be (batch, ..., {self.in_features}), got shape "
                              f"{list(shape)}")
         return (*shape[:-1], self.out_features)
+
+    def work(self, shape):
+        return math.prod(shape) * self.out_features  # multiply-adds
 
     def _kernel_params(self, shape):
         bias = np.zeros(self.out_features) if self.bias is None else self.bias

@@ -50,10 +50,11 @@ class _Pending:
         return self.x.shape[0]
 
 
-#: Batches up to this many elements run on the event loop itself: their kernel takes a few
+#: Batches of up to this much work (``PreparedLayer.work``: about one unit per element, or per
+#: multiply-add for the linear layers) run on the event loop itself: their kernel takes a few
 #: microseconds, less than handing them to the compute thread and back (measured: 2 workers
 #: x 32 clients of 1-row requests). Larger ones go to the compute thread.
-INLINE_MAX_ELEMENTS = 1 << 15
+INLINE_MAX_WORK = 1 << 15
 
 #: Turns of the event loop without a new request after which an adaptive batch closes.
 _IDLE_TURNS = 3
@@ -218,7 +219,8 @@ class Batcher:
         start = time.perf_counter()
         xs = [p.x for p in live]
         try:
-            if sum(x.size for x in xs) <= INLINE_MAX_ELEMENTS:
+            rows = sum(x.shape[0] for x in xs)
+            if self.layer.work((rows, *xs[0].shape[1:])) <= INLINE_MAX_WORK:
                 outs, compute_s = _compute(self.layer, xs)
             else:
                 outs, compute_s = await asyncio.get_running_loop().run_in_executor(

@@ -168,3 +168,12 @@ def test_linear_tile_edges(out_features, dtype):
     assert_close(full, R.weight_norm_linear(x, v, g, bias), np.dtype(dtype))
     for rows in (slice(0, 1), slice(1, 3), slice(2, 5), slice(60, 67)):
         np.testing.assert_array_equal(layer.apply(x[rows]), full[rows])
+
+
+def test_work_estimates_scale_with_the_arithmetic():
+    """The service schedules by ``work``: elements for norms, multiply-adds for linears."""
+    ln = kernels.prepare("layer_norm", {}, normalized_shape=[64])
+    params = {"weight_v": np.ones((32, 64)), "weight_g": np.ones((32, 1))}
+    wn = kernels.prepare("weight_norm", params)
+    assert ln.work((10, 64)) == 640
+    assert wn.work((10, 64)) == 10 * 64 * 32
