@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from kernels.repository import load_model, scan_repository
-from service.registry import DEMO_REPOSITORY, _warm_layer
+from service.registry import DEMO_REPOSITORY
 
 
 def main(argv: list[str]) -> int:
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     for folder in folders:
         _, layer = load_model(folder)
-        _warm_layer(layer)
+        layer.warmup()
         print(f"warm_cache: {folder.name} compiled")
     print(f"warm_cache: {len(folders)} model(s) in {time.perf_counter() - start:.1f} s "
           f"into {os.environ['NUMBA_CACHE_DIR']}; skipped: {skipped or 'none'}")

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from . import dtypes
+from .cpu_jit import PARALLEL_MIN_WORK
 from .devices import backend_for, resolve_device
 
 Params = Mapping[str, Any]
@@ -156,10 +157,14 @@ class PreparedLayer(ABC):
         return self.apply(x, out)
 
     def warmup(self, dtype_list: Sequence[np.dtype] = dtypes.SUPPORTED) -> None:
-        """Compile (or load from Numba's cache) the kernels for these dtypes."""
-        for dt in dtype_list:
-            shape = tuple(1 if s == -1 else s for s in self.example_shape())
-            self.apply(np.zeros((2, *shape), dtype=dt))
+        """Compile (or load from Numba's cache) the kernels for these dtypes: a small batch
+        for the serial variants and one past ``PARALLEL_MIN_WORK`` for the threaded ones, so
+        that no request pays for a compilation."""
+        shape = tuple(1 if s == -1 else s for s in self.example_shape())
+        big = -(-PARALLEL_MIN_WORK // max(1, self.work((1, *shape)))) + 1
+        for rows in (2, big):
+            for dt in dtype_list:
+                self.apply(np.zeros((rows, *shape), dtype=dt))
 
     def example_shape(self) -> tuple[int, ...]:
         """A per-sample shape this layer accepts (used for warm-up and export checks)."""

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from kernels import ModelConfig, PreparedLayer
 from kernels.repository import ModelError, load_model, scan_repository
 
@@ -161,18 +159,4 @@ class Registry:
 
 
 def _warm(model: Model) -> None:
-    _warm_layer(model.layer)
-
-
-def _warm_layer(layer: PreparedLayer) -> None:
-    """Run every dtype once so that no request pays for a compilation."""
-    shape = tuple(1 if d == -1 else d for d in (layer.sample_shape or layer.example_shape()))
-    for dtype in (np.float16, np.float32, np.float64, *_bf16()):
-        x = np.zeros((2, *shape), dtype=dtype)
-        layer.apply(x, out=np.empty(layer.output_shape(x.shape), dtype=dtype))
-
-
-def _bf16() -> tuple:
-    from kernels.dtypes import BFLOAT16
-
-    return () if BFLOAT16 is None else (BFLOAT16,)
+    model.layer.warmup()

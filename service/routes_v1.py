@@ -97,9 +97,7 @@ async def list_models(request: Request) -> dict:
 
 def _build(config: Any, params: dict, device: str, name: str) -> Any:
     layer = build_layer(config, params, device, f"model {name}")
-    from .registry import _warm_layer
-
-    _warm_layer(layer)
+    layer.warmup()
     return layer
 
 
