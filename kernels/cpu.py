@@ -5,8 +5,9 @@ it off its event loop. Each row (a sample's normalised slice, a (sample, channel
 (sample, group)) is reduced by the same code whatever the batch size, so a row's result is
 bitwise independent of the rows it is batched with.
 
-Numerics: statistics are two-pass and accumulate in float64 whatever the input precision
-(the reductions are memory-bound, so the wider adds are free), and the output pass subtracts
+Numerics: statistics accumulate in float64 whatever the input precision (the reductions are
+memory-bound, so the wider adds are free; FP32 rows take one shifted pass, FP64 rows two, see
+``_row_moments``), and the output pass subtracts
 the mean as a float64 split into two input-precision parts, ``(x - m_hi) - m_lo``; that keeps
 large-offset data (``1e4 + N(0, 1)`` in FP32) accurate without widening the output pass.
 Only the reductions may re-associate (for vectorised sums); nothing assumes finite values,
@@ -33,8 +34,27 @@ _OPTS = {"nogil": True, "cache": True, "fastmath": {"contract"}}
 
 @jit(nogil=True, cache=True, fastmath=_REDUCE)
 def _row_moments(row, center):
-    """(mean, mean square of the deviations) of one row, in float64, two passes."""
+    """(mean, mean square of the deviations) of one row, accumulated in float64.
+
+    FP32 rows take one pass of shifted sums over ``x - x[0]``: in float64 that is exact
+    enough for any FP32 data, since a sample lies within sqrt(n) standard deviations of the
+    mean, so the cancellation costs at most about n**2 float64 ulps (4e-9 relative for
+    n = 6272), and it saves a pass over rows that spill out of L1 (5-15% measured). FP64 rows
+    keep the two-pass algorithm: their tolerance asks for every bit.
+    """
     n = row.shape[0]
+    if row.itemsize == 4:
+        shift = np.float64(row[0]) if center else 0.0
+        s = 0.0
+        ss = 0.0
+        for j in range(n):
+            d = row[j] - shift
+            s += d
+            ss += d * d
+        if not center:  # RMSNorm: the mean square about zero
+            return 0.0, ss / n
+        m = s / n
+        return shift + m, max(ss / n - m * m, 0.0)
     mean = 0.0
     if center:
         s = 0.0

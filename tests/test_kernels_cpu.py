@@ -177,3 +177,18 @@ def test_work_estimates_scale_with_the_arithmetic():
     wn = kernels.prepare("weight_norm", params)
     assert ln.work((10, 64)) == 640
     assert wn.work((10, 64)) == 10 * 64 * 32
+
+
+@pytest.mark.parametrize("first", [1e6, -3e7, 1e4 + 0.5])
+def test_outlier_first_element_keeps_statistics_exact(first):
+    """FP32 rows are reduced about their first element: an extreme one must not cost accuracy."""
+    rng = np.random.default_rng(11)
+    x = (1e4 + rng.standard_normal((5, 4097))).astype(np.float32)
+    x[:, 0] = first
+    for kind in ("layer_norm", "group_norm"):
+        if kind == "layer_norm":
+            y, ref = kernels.layer_norm(x, [4097]), R.layer_norm(x, [4097])
+        else:
+            x3 = x.reshape(5, 1, 4097)
+            y, ref = kernels.group_norm(x3, 1), R.group_norm(x3, 1)
+        assert_close(y, ref, np.float32)
