@@ -263,5 +263,6 @@ def _compute(layer: PreparedLayer, xs: list[np.ndarray]) -> tuple[list[np.ndarra
 
 
 def _usable(a: np.ndarray) -> bool:
-    """An array the kernels can read in place (a fresh, aligned, writable C array)."""
-    return a.flags.c_contiguous and a.flags.aligned and a.flags.writeable and a.base is None
+    """An array the kernels can read in place: an aligned, writable C array (a decoded JSON
+    tensor). Binary tensors are read-only views of the body, of unknown alignment: copied."""
+    return a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
