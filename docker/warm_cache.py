@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from kernels.repository import load_model, scan_repository
-from service.registry import DEMO_REPOSITORY
+from normserve.kernels.repository import load_model, scan_repository
+from normserve.service.registry import DEMO_REPOSITORY
 
 
 def main(argv: list[str]) -> int:

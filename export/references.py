@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels import reference
+from normserve.kernels import reference
 
 
 def float64_reference(layer, x: np.ndarray) -> np.ndarray:

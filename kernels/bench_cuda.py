@@ -156,7 +156,7 @@ def _torch_fn(case: BenchCase, params: dict[str, np.ndarray], x_np: np.ndarray):
         return lambda: F.instance_norm(x, weight=t["weight"], bias=t["bias"])
     if case.kind == "group_norm":
         return lambda: F.group_norm(x, case.hyper["num_groups"], t["weight"], t["bias"])
-    import kernels
+    from normserve import kernels
 
     layer = kernels.prepare(case.kind, params)
     w = torch.from_numpy(np.ascontiguousarray(layer.weight)).to("cuda", dt)
@@ -174,7 +174,7 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
     """Time one case on our kernels and on PyTorch; GB/s and fraction of the copy probe."""
     from numba import cuda
 
-    import kernels
+    from normserve import kernels
 
     rng = np.random.default_rng(0)
     params = case_params(case, rng)

@@ -36,4 +36,4 @@ def resolve_device(device: str) -> str:
 
 def backend_for(device: str) -> ModuleType:
     """The module holding the kernels of a resolved device."""
-    return importlib.import_module(f"kernels.{device}")
+    return importlib.import_module(f"normserve.kernels.{device}")

@@ -1,3 +1,5 @@
 """normserve's HTTP service: the Open Inference Protocol (KServe v2) with dynamic batching."""
 
-__version__ = "0.1.0"
+from .. import __version__
+
+__all__ = ["__version__"]

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels import PreparedLayer
-from kernels.buffers import POOL
+from normserve.kernels import PreparedLayer
+from normserve.kernels.buffers import POOL
 
 
 class QueueFull(Exception):

@@ -7,9 +7,12 @@ import sys
 
 # subcommand -> (module, help). Each module exposes ``main(argv: list[str]) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("service.server", "serve a model repository over the KServe v2 protocol"),
-    "export": ("export.cli", "export a model to ONNX with a parity report, or a Triton repository"),
-    "bench": ("kernels.bench", "benchmark the kernels against NumPy, PyTorch and ONNX Runtime"),
+    "serve": ("normserve.service.server",
+              "serve a model repository over the KServe v2 protocol"),
+    "export": ("normserve.export.cli",
+               "export a model to ONNX with a parity report, or a Triton repository"),
+    "bench": ("normserve.kernels.bench",
+              "benchmark the kernels against NumPy, PyTorch and ONNX Runtime"),
 }
 
 

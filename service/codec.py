@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from kernels.dtypes import DATATYPES, datatype_name
+from normserve.kernels.dtypes import DATATYPES, datatype_name
 
 from .errors import ApiError
 from .schemas import InferenceRequest, Tensor, validate

@@ -1,6 +1,6 @@
-"""Load benchmark of the service (``python -m service.loadbench``): req/s, p50, p99 and the mean
-batch size actually formed, for normserve next to a bare FastAPI echo of the same bytes (the
-HTTP ceiling of the machine).
+"""Load benchmark of the service (``python -m normserve.service.loadbench``): req/s, p50, p99
+and the mean batch size actually formed, for normserve next to a bare FastAPI echo of the same
+bytes (the HTTP ceiling of the machine).
 
 The load generator is a small asyncio HTTP/1.1 client (keep-alive, one connection per client)
 in its own process, so the numbers are not those of a Python HTTP library. The matrix of the
@@ -136,13 +136,14 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
 def server(kind: str, workers: int, batching: bool) -> Iterator[int]:
     port = _free_port()
     if kind == "echo":
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "service.loadbench:_echo_app",
-               "--port", str(port), "--workers", str(workers), "--no-access-log",
-               "--log-level", "warning"]
+        cmd = [sys.executable, "-m", "uvicorn", "--factory",
+               "normserve.service.loadbench:_echo_app", "--port", str(port), "--workers",
+               str(workers), "--no-access-log", "--log-level", "warning"]
         probe = f"http://127.0.0.1:{port}/echo"
     else:
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers",
-               str(workers), "--log-level", "warning", *([] if batching else ["--no-batching"])]
+        cmd = [sys.executable, "-m", "normserve.service.cli", "serve", "--port", str(port),
+               "--workers", str(workers), "--log-level", "warning",
+               *([] if batching else ["--no-batching"])]
         probe = f"http://127.0.0.1:{port}/v2/health/ready"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -268,8 +269,8 @@ def targets(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.loadbench", description=__doc__.split(
-        "\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m normserve.service.loadbench",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=list(PAYLOADS))
     p.add_argument("--protocols", nargs="+", choices=("binary", "json"),
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.payloads, args.protocols = [1, 8], ["1x1024"], ["binary"]
         args.batching, args.workers, args.duration, args.warmup = ["on"], [1], 1.0, 0.3
     rows = run(args)
-    text = (f"Load benchmark (`python -m service.loadbench`), {os.cpu_count()} CPU(s), "
+    text = (f"Load benchmark (`python -m normserve.service.loadbench`), {os.cpu_count()} CPU(s), "
             f"{args.duration:g} s per cell, load generator on the same machine.\n\n"
             + table(rows) + "\n\n" + "\n".join(targets(rows)) + "\n")
     out = Path(args.output)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernels import ModelConfig, PreparedLayer
-from kernels.repository import ModelError, load_model, scan_repository
+from normserve.kernels import ModelConfig, PreparedLayer
+from normserve.kernels.repository import ModelError, load_model, scan_repository
 
 from .batcher import Batcher
 from .errors import ApiError

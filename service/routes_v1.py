@@ -12,8 +12,8 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from kernels import prepare
-from kernels.repository import ModelError, build_layer, parse_config, valid_name
+from normserve.kernels import prepare
+from normserve.kernels.repository import ModelError, build_layer, parse_config, valid_name
 
 from .admin import require_admin
 from .body import read_body_within
@@ -145,7 +145,7 @@ async def model_onnx(request: Request, name: str,
     ctx = ctx_of(request)
     model = ctx.registry.get(name)
     try:
-        export = importlib.import_module("export")
+        export = importlib.import_module("normserve.export")
     except ImportError:
         export = None
     if not hasattr(export, "to_onnx"):

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print("normserve serve: --max-queue-delay-us: must be >= 0", file=sys.stderr)
         return 2
     if args.device != "cpu":
-        from kernels.devices import resolve_device
+        from normserve.kernels.devices import resolve_device
 
         try:
             resolve_device(args.device)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # uvicorn re-raises a captured SIGTERM once its graceful shutdown is done; the handler in
     # place then is this one, so a drained server exits 0 rather than dying of the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run("service.app:create_app_from_env", factory=True, host=args.host,
+    uvicorn.run("normserve.service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 access_log=args.access_log, timeout_graceful_shutdown=None,
                 server_header=False)

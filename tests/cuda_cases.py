@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-import kernels
-from kernels import dtypes
-from kernels import reference as ref
+from normserve import kernels
+from normserve.kernels import dtypes
+from normserve.kernels import reference as ref
 
 #: (atol, rtol) against the float64 reference: SPEC section 1 for FP32/FP16; BF16 keeps 8 bits.
 TOLERANCE: dict[np.dtype, tuple[float, float]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
+from normserve import kernels
 
 C = 8  # channels; 4 groups of 2 for group norm, so per-group and per-channel affines differ
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from kernels import dtypes
-from kernels import reference as R
+from normserve.kernels import dtypes
+from normserve.kernels import reference as R
 
 #: SPEC section 1: agreement with the float64 reference, absolute and relative.
 TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5, np.dtype(np.float16): 2e-3}

@@ -19,10 +19,10 @@ import httpx
 import numpy as np
 from safetensors.numpy import load_file
 
-from kernels import reference
-from kernels.dtypes import DATATYPES
-from kernels.repository import load_model
-from service.demo import demo_models
+from normserve.kernels import reference
+from normserve.kernels.dtypes import DATATYPES
+from normserve.kernels.repository import load_model
+from normserve.service.demo import demo_models
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "service" / "demo_repository"
@@ -56,7 +56,8 @@ class Server:
         # Closed in stop(); a file (not a pipe) so that a chatty server never blocks on it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             "w+", prefix="normserve-", suffix=".log")
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port), *args]
+        cmd = [sys.executable, "-m", "normserve.service.cli", "serve", "--port", str(self.port),
+               *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 

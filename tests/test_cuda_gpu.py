@@ -17,7 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from cuda_cases import Sizes, assert_matches_reference, make_cases, random_input
 
-from kernels import dtypes
+from normserve.kernels import dtypes
 
 
 def _real_gpu() -> bool:
@@ -71,8 +71,8 @@ def test_headline_shape_layer_and_rms_norm(dtype: type) -> None:
 
 
 def test_large_offset_layer_norm_fp32() -> None:
-    import kernels
-    from kernels import reference as ref
+    from normserve import kernels
+    from normserve.kernels import reference as ref
 
     x = random_input((64, 4096), np.dtype(np.float32), offset=1e4)
     y = kernels.layer_norm(x, [4096], device="cuda")
@@ -129,7 +129,7 @@ def test_nan_stays_in_its_row() -> None:
 
 
 def test_benchmark_quick_runs() -> None:
-    from kernels import bench_cuda
+    from normserve.kernels import bench_cuda
 
     assert bench_cuda.main(["--quick", "--repeat", "3", "--inner", "2",
                             "--kinds", "layer_norm", "weight_norm"]) == 0

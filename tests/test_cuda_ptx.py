@@ -27,7 +27,7 @@ except Exception as exc:  # only the toolchain's shared libraries are probed her
 import numba.cuda.dispatcher
 from numba import cuda, types
 
-from kernels import cuda_kernels as ck
+from normserve.kernels import cuda_kernels as ck
 
 CC = (8, 0)
 

@@ -34,10 +34,10 @@ if not SIMULATED:
 else:
     from numba import cuda
 
-    import kernels
-    from kernels import bench_cuda, dtypes
-    from kernels import cuda_kernels as ck
-    from kernels import reference as ref
+    from normserve import kernels
+    from normserve.kernels import bench_cuda, dtypes
+    from normserve.kernels import cuda_kernels as ck
+    from normserve.kernels import reference as ref
 
     sys.path.insert(0, str(Path(__file__).parent))
     from cuda_cases import Sizes, assert_matches_reference, make_cases, random_input

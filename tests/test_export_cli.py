@@ -10,10 +10,9 @@ import onnxruntime as ort
 import pytest
 from export_cases import state_dicts
 
-import export
-import export.cli
-import kernels
-from service.cli import main as normserve
+from normserve import export, kernels
+from normserve.export import cli as export_cli
+from normserve.service.cli import main as normserve
 
 
 def save(folder, kind: str, **extra):
@@ -47,7 +46,7 @@ def test_model_folder_round_trip(tmp_path, capsys, kind, dtype):
 def test_opset_17_and_json_report(tmp_path, capsys):
     folder = save(tmp_path / "m", "rms_norm")
     out = tmp_path / "rms.onnx"
-    assert export.cli.main([str(folder), "-o", str(out), "--opset", "17", "--json"]) == 0
+    assert export_cli.main([str(folder), "-o", str(out), "--opset", "17", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["opset"] == 17 and report["max_abs"] < 1e-5
     assert onnx.load(str(out)).opset_import[0].version == 17
@@ -57,43 +56,43 @@ def test_mismatch_exits_1_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """A graph that disagrees with the kernel (here: built from other parameters)."""
     folder = save(tmp_path / "m", "layer_norm")
     _, other = kernels.load_model(save(tmp_path / "other", "layer_norm", eps=1e-1))
-    monkeypatch.setattr(export.cli, "to_onnx", lambda layer, *a, **k: export.to_onnx(other))
+    monkeypatch.setattr(export_cli, "to_onnx", lambda layer, *a, **k: export.to_onnx(other))
     out = tmp_path / "model.onnx"
-    assert export.cli.main([str(folder), "-o", str(out)]) == 1
+    assert export_cli.main([str(folder), "-o", str(out)]) == 1
     assert "MISMATCH" in capsys.readouterr().out
     assert not out.exists()
-    assert export.cli.main([str(folder), "-o", str(out), "--force"]) == 1
+    assert export_cli.main([str(folder), "-o", str(out), "--force"]) == 1
     assert out.exists()
 
 
 def test_opset_below_17_is_a_named_error(tmp_path, capsys):
     folder = save(tmp_path / "m", "layer_norm")
-    assert export.cli.main([str(folder), "-o", str(tmp_path / "m.onnx"), "--opset", "16"]) == 2
+    assert export_cli.main([str(folder), "-o", str(tmp_path / "m.onnx"), "--opset", "16"]) == 2
     assert "opset 16 cannot express layer_norm" in capsys.readouterr().err
 
 
 def test_native_rms_norm_at_opset_17_is_a_named_error(tmp_path, capsys):
     folder = save(tmp_path / "m", "rms_norm")
-    assert export.cli.main([str(folder), "-o", str(tmp_path / "m.onnx"), "--opset", "17",
+    assert export_cli.main([str(folder), "-o", str(tmp_path / "m.onnx"), "--opset", "17",
                             "--native"]) == 2
     assert "RMSNormalization needs opset 23" in capsys.readouterr().err
 
 
 def test_bad_model_folder(tmp_path, capsys):
     missing = tmp_path / "nothing"
-    assert export.cli.main([str(missing), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert export_cli.main([str(missing), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "config.json: missing" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text(json.dumps({"kind": "layer_norm", "normalized_shape": [4],
                                                  "max_batch_size": 0}))
-    assert export.cli.main([str(bad), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert export_cli.main([str(bad), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "max_batch_size" in capsys.readouterr().err
 
 
 def test_usage_errors(tmp_path, capsys):
     folder = save(tmp_path / "m", "layer_norm")
-    assert export.cli.main([str(folder)]) == 2  # neither -o nor --triton-repository
-    assert export.cli.main([str(folder), "-o", "x.onnx", "--dtype", "fp8"]) == 2
-    assert export.cli.main(["--help"]) == 0
+    assert export_cli.main([str(folder)]) == 2  # neither -o nor --triton-repository
+    assert export_cli.main([str(folder), "-o", "x.onnx", "--dtype", "fp8"]) == 2
+    assert export_cli.main(["--help"]) == 0
     assert "--triton-repository" in capsys.readouterr().out

@@ -8,9 +8,8 @@ import onnxruntime as ort
 import pytest
 from export_cases import layer
 
-import export
-import kernels
-from export.parity import check_parity
+from normserve import export, kernels
+from normserve.export.parity import check_parity
 
 KINDS = sorted(kernels.KINDS)
 OPSETS = [17, export.default_opset()]

@@ -12,9 +12,8 @@ import pytest
 from export_cases import state_dicts
 from google.protobuf import text_format
 
-import export
-import kernels
-from service.cli import main as normserve
+from normserve import export, kernels
+from normserve.service.cli import main as normserve
 
 
 def triton_model_config():

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from kernel_cases import make_case, sample_input
 
-import kernels
-from kernels import reference as R
-from kernels.repository import ModelError, load_model, save_model, scan_repository
+from normserve import kernels
+from normserve.kernels import reference as R
+from normserve.kernels.repository import ModelError, load_model, save_model, scan_repository
 
 X = np.zeros((2, 4), np.float32)
 X3 = np.zeros((2, 4, 3), np.float32)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
-from kernels.buffers import BufferPool
+from normserve import kernels
+from normserve.kernels.buffers import BufferPool
 
 
 def test_free_buffer_is_reused_and_held_one_is_not():

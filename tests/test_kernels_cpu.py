@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from kernel_cases import DTYPES, assert_close, make_case, sample_input
 
-import kernels
-from kernels import reference as R
+from normserve import kernels
+from normserve.kernels import reference as R
 
 KINDS = sorted(kernels.KINDS)
 FEATURES = [1, 3, 1023, 4097]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
+from normserve import kernels
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

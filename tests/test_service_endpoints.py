@@ -24,7 +24,7 @@ from service_helpers import (
     sample_input,
 )
 
-from kernels.repository import save_model
+from normserve.kernels.repository import save_model
 
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -145,7 +145,7 @@ def test_register_infer_replace_delete(http):
     payload, headers = infer_binary_body(x, "FP32")
     y = decode_response(http.post("/v2/models/runtime_ln/infer", content=payload,
                                   headers=headers))
-    from kernels import reference
+    from normserve.kernels import reference
 
     np.testing.assert_allclose(y, reference.layer_norm(x, [16], weight, bias), rtol=1e-5,
                                atol=1e-5)
@@ -222,7 +222,7 @@ def test_broken_models_are_reported_and_skipped(tmp_path):
         assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
         resp = httpx.post(f"{srv.url}/v2/models/good/infer", json=infer_json_body(x, "FP32"))
-        from kernels import reference
+        from normserve.kernels import reference
 
         np.testing.assert_allclose(decode_response(resp), reference.rms_norm(x, [4]),
                                    rtol=1e-5, atol=1e-6)
@@ -248,7 +248,7 @@ def test_two_workers_serve_and_refuse_registration():
     (["--max-queue-delay-us", "-1"], "must be >= 0"),
 ])
 def test_cli_refuses_bad_options(args, message):
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "normserve.service.cli", "serve", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr

@@ -15,8 +15,8 @@ from service_helpers import (
 )
 from tritonclient.utils import InferenceServerException
 
-from kernels.dtypes import DATATYPES
-from service.demo import demo_models
+from normserve.kernels.dtypes import DATATYPES
+from normserve.service.demo import demo_models
 
 KINDS = sorted(SAMPLE_SHAPES)
 CASES = [(name, dt, binary) for name in KINDS for dt in DATATYPES for binary in (False, True)
