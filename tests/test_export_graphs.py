@@ -120,8 +120,11 @@ def test_dynamic_batch_and_shape_inference(kind):
         x = rng.standard_normal((n, *lay.sample_shape)).astype(np.float32)
         y = sess.run(None, {"input": x})[0]
         assert y.shape == lay.output_shape(x.shape)
-        # batching is invisible: row 0 alone equals row 0 in the batch
-        np.testing.assert_array_equal(sess.run(None, {"input": x[:1]})[0][0], y[0])
+        # The batch axis is free: row 0 alone is row 0 of the batch. To a tolerance, not
+        # bitwise: ONNX Runtime promises no batch invariance (MLAS may take another GEMM path
+        # for one row on another CPU); normserve's own kernels are tested bitwise for it.
+        np.testing.assert_allclose(sess.run(None, {"input": x[:1]})[0][0], y[0],
+                                   rtol=1e-6, atol=1e-6)
 
 
 def test_free_dimensions_export_symbolic():

@@ -94,7 +94,10 @@ def test_errors_surface_as_exceptions(client):
 
 
 def test_demo_repository_is_what_demo_py_writes():
-    """The shipped files hold one model of each kind with the deterministic parameters."""
+    """The shipped files hold one model of each kind with the deterministic parameters.
+
+    Bitwise on any machine: demo.py generates them with correctly rounded arithmetic only
+    (no BLAS, LAPACK or libm), so a regeneration anywhere writes the same bits."""
     models = demo_models()
     assert sorted(cfg["kind"] for cfg, _ in models.values()) == sorted(
         ["batch_norm", "layer_norm", "rms_norm", "instance_norm", "group_norm", "weight_norm",
