@@ -275,7 +275,7 @@ def compile_times() -> dict[str, float]:
     """Seconds to import and warm every kind (FP32) with an empty and with a warm Numba cache."""
     code = ("import time; t=time.perf_counter(); import numpy as np; "
             "from normserve import kernels; "
-            "from kernels.bench import _layer_cases; "
+            "from normserve.kernels.bench import _layer_cases; "
             "kinds = {k: (p, h) for _, k, p, h, _ in reversed(_layer_cases())}; "
             "[kernels.prepare(k, p, **h).warmup([np.dtype('float32')]) "
             "for k, (p, h) in kinds.items()]; "

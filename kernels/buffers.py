@@ -10,6 +10,7 @@ caller that drops its results gets warm pages back without having to manage ``ou
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -34,7 +35,7 @@ class BufferPool:
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised C-contiguous array, reused from the pool when one is free."""
         dtype, shape = np.dtype(dtype), tuple(shape)
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < MIN_BYTES or nbytes > self.max_bytes:
             return np.empty(shape, dtype)
         with self._lock:

@@ -158,13 +158,16 @@ def apply(layer, x, out=None):
     if x.size == 0:
         return out
     dt = out.dtype
-    cdt = dtypes.compute_dtype(dt)
+    cdt = dtypes.COMPUTE[dt]
     xc = x
     if dt != cdt or not x.flags["C_CONTIGUOUS"]:
         xc = POOL.empty(x.shape, cdt)
         np.copyto(xc, x, casting="unsafe")
     oc = out if dt == cdt else POOL.empty(out.shape, cdt)
-    layer._run(sys.modules[__name__], xc, oc, layer._params_for(cdt, x.shape))
+    layer._run(_BACKEND, xc, oc, layer._params_for(cdt, x.shape))
     if oc is not out:
         np.copyto(out, oc, casting="unsafe")
     return out
+
+
+_BACKEND = sys.modules[__name__]  # what layers call their kernels through

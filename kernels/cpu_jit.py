@@ -2,13 +2,14 @@
 
 - ``jit``: ``numba.njit`` with the on-disk cache when a cache directory is writable, and
   without it otherwise (a read-only container must still start, only slower).
-- ``threaded_kernel``: each kernel compiled twice, threaded and serial, picked per call.
-  Waking Numba's thread pool costs tens of microseconds, more than a whole single-row
-  request takes to compute, which is what a server mostly sees. Both variants come from the
-  same source with the same flags, and each row is reduced by the same inner loops in
-  either, so the choice never changes a result (the batch-invariance tests cross it).
-  Threaded launches are serialised: Numba's portable ``workqueue`` threading layer aborts
-  the process on concurrent launches, and one launch already uses every core.
+- ``threaded_kernel``: each kernel compiled twice, threaded and serial, picked per call:
+  serial for small work, or when Numba may use one thread only. Waking Numba's thread pool
+  costs tens of microseconds, more than a whole single-row request takes to compute, which
+  is what a server mostly sees. Both variants come from the same source with the same
+  flags, and each row is reduced by the same inner loops in either, so the choice never
+  changes a result (the batch-invariance tests cross it). Threaded launches are
+  serialised: Numba's portable ``workqueue`` threading layer aborts the process on
+  concurrent launches, and one launch already uses every core.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from numba import njit
+from numba import get_num_threads, njit
 
 #: Work (elements, or multiply-adds for the GEMM) from which the threaded variant runs.
 PARALLEL_MIN_WORK = int(os.environ.get("NORMSERVE_PARALLEL_MIN_WORK", 1 << 15))
@@ -62,7 +63,8 @@ class ThreadedKernel:
         self.__name__ = fn.__name__
 
     def __call__(self, *args: Any) -> Any:
-        if self._work(*args) < PARALLEL_MIN_WORK:
+        # One thread allowed: the serial variant, without the parallel launch (~0.1 ms).
+        if self._work(*args) < PARALLEL_MIN_WORK or get_num_threads() == 1:
             return self.serial(*args)
         with _LAUNCH:
             return self.threaded(*args)

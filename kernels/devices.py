@@ -34,6 +34,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
+@cache
 def backend_for(device: str) -> ModuleType:
-    """The module holding the kernels of a resolved device."""
+    """The module holding the kernels of a resolved device (cached: layers are built per
+    one-shot call, and the import machinery is slow with cold caches)."""
     return importlib.import_module(f"normserve.kernels.{device}")

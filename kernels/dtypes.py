@@ -27,19 +27,28 @@ if BFLOAT16 is not None:
 SUPPORTED: tuple[np.dtype, ...] = tuple(DATATYPES.values())
 HALF: tuple[np.dtype, ...] = tuple(d for d in (FLOAT16, BFLOAT16) if d is not None)
 
+#: Supported dtype -> the dtype the kernels run in (FP64 for FP64, FP32 for everything
+#: narrower). A dict, so that checking an input's dtype is one hash lookup on the hot path.
+COMPUTE: dict[np.dtype, np.dtype] = {d: FLOAT64 if d == FLOAT64 else FLOAT32 for d in SUPPORTED}
+
 
 def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """The dtype the kernels run in: FP64 for FP64 inputs, FP32 for everything narrower."""
-    return FLOAT64 if dtype == FLOAT64 else FLOAT32
+    """The dtype the kernels run in for a supported ``dtype``."""
+    return COMPUTE[dtype]
 
 
 def check_dtype(dtype: np.dtype, name: str = "x") -> np.dtype:
     """Return `dtype` if a kernel accepts it, else raise a TypeError naming the argument."""
-    dtype = np.dtype(dtype)
-    if dtype not in SUPPORTED:
+    if isinstance(dtype, np.dtype) and dtype in COMPUTE:  # the hot path: one lookup
+        return dtype
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in COMPUTE:
         names = ", ".join(str(d) for d in SUPPORTED)
         raise TypeError(f"{name} has dtype {dtype}; supported dtypes are {names}")
-    return dtype
+    return resolved
 
 
 def datatype_name(dtype: np.dtype) -> str:

@@ -23,11 +23,12 @@ from .devices import backend_for, resolve_device
 
 Params = Mapping[str, Any]
 _MAX_CAST_ENTRIES = 32
+_MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in set(dtypes.COMPUTE.values())}
 
 
 def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
     """A parameter as a finite float64 array, or a ValueError naming it."""
-    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+    if not isinstance(value, np.ndarray) and hasattr(value, "detach"):  # torch, not imported
         value = value.detach().cpu().float().numpy()
     try:
         arr = np.asarray(value, dtype=np.float64)
@@ -35,7 +36,7 @@ def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
         raise TypeError(f"{name} must be a numeric array ({exc})") from None
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
 
@@ -67,6 +68,8 @@ def _positive_int(value: Any, name: str) -> int:
 
 
 def _shape(value: Any, name: str) -> tuple[int, ...]:
+    if type(value) in (list, tuple) and value and all(type(v) is int and v > 0 for v in value):
+        return tuple(value)  # the common case, without the generic checks below
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value,)
     if not isinstance(value, (Sequence, np.ndarray)) or isinstance(value, str) or not len(value):
@@ -125,7 +128,7 @@ class PreparedLayer(ABC):
 
     def _params_for(self, dtype: np.dtype, shape: tuple[int, ...]) -> dict[str, Any]:
         """Kernel parameters in ``dtype`` on this layer's device, cast once and cached."""
-        key = (str(dtype), self._shape_key(shape))
+        key = (dtype, self._shape_key(shape))
         cached = self._cast.get(key)
         if cached is None:
             cached = {
@@ -269,7 +272,7 @@ class RMSNorm(_RowNorm):
         """torch's default: the machine epsilon of the accumulation dtype."""
         if self.eps is not None:
             return self.eps
-        return float(np.finfo(dtypes.compute_dtype(np.dtype(dtype))).eps)
+        return _MACHINE_EPS[dtypes.compute_dtype(np.dtype(dtype))]
 
     @property
     def hyper(self):
@@ -351,14 +354,20 @@ class GroupNorm(PreparedLayer):
         super().__init__(device)
         self.num_groups = _positive_int(num_groups, "num_groups")
         self.eps = _positive_float(eps, "eps")
-        if weight is not None or bias is not None:
-            given = np.shape(weight if weight is not None else bias)
+        shapes = {k: np.shape(v) for k, v in (("weight", weight), ("bias", bias))
+                  if v is not None}
+        for name, given in shapes.items():
             if len(given) != 1:
-                raise ValueError(f"weight and bias must be 1-D (channels), got shape {given}")
+                raise ValueError(f"{name} must be 1-D (one value per channel), got shape "
+                                 f"{list(given)}")
             if num_channels is not None and num_channels != given[0]:
-                raise ValueError(f"num_channels is {num_channels} but the parameters have "
-                                 f"{given[0]} channels")
-            num_channels = given[0]
+                raise ValueError(f"num_channels is {num_channels} but {name} has {given[0]} "
+                                 "channels")
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"weight has shape {list(shapes['weight'])} and bias "
+                             f"{list(shapes['bias'])}: they must match (one value per channel)")
+        if shapes:
+            num_channels = next(iter(shapes.values()))[0]
         self.num_channels = None if num_channels is None else _positive_int(
             num_channels, "num_channels")
         if self.num_channels is not None and self.num_channels % self.num_groups:
@@ -535,9 +544,10 @@ def spectral_sigma(weight_orig: Any, weight_u: Any = None, weight_v: Any = None)
     if weight_u is not None:
         u = _array(weight_u, "weight_u", ndim=1)
         v = _array(weight_v, "weight_v", ndim=1)
-        if u.shape != (w.shape[0],) or v.shape != (w.shape[1],):
-            raise ValueError(f"weight_u must have shape [{w.shape[0]}] and weight_v "
-                             f"[{w.shape[1]}], got {list(u.shape)} and {list(v.shape)}")
+        for name, vec, n in (("weight_u", u, w.shape[0]), ("weight_v", v, w.shape[1])):
+            if vec.shape != (n,):
+                raise ValueError(f"{name} must have shape [{n}] (weight_orig is "
+                                 f"{list(w.shape)}), got {list(vec.shape)}")
         sigma = float(u @ (w @ v))
     else:
         sigma = float(np.linalg.norm(w, 2))

@@ -75,9 +75,14 @@ def weight_norm_weight(weight_v, weight_g, dim=0) -> np.ndarray:
     return _f64(weight_g) * v / np.sqrt((v**2).sum(axis=axes, keepdims=True))
 
 
-def weight_norm_linear(x, weight_v, weight_g, bias=None, dim=0) -> np.ndarray:
-    y = _f64(x) @ weight_norm_weight(weight_v, weight_g, dim).T
+def linear(x, weight, bias=None) -> np.ndarray:
+    """``x @ weight.T + bias``: the linear layer the weight-normalised kinds end in."""
+    y = _f64(x) @ _f64(weight).T
     return y if bias is None else y + _f64(bias)
+
+
+def weight_norm_linear(x, weight_v, weight_g, bias=None, dim=0) -> np.ndarray:
+    return linear(x, weight_norm_weight(weight_v, weight_g, dim), bias)
 
 
 def spectral_sigma(weight_orig, weight_u=None, weight_v=None) -> float:
@@ -89,6 +94,4 @@ def spectral_sigma(weight_orig, weight_u=None, weight_v=None) -> float:
 
 
 def spectral_norm_linear(x, weight_orig, bias=None, weight_u=None, weight_v=None) -> np.ndarray:
-    w = _f64(weight_orig) / spectral_sigma(weight_orig, weight_u, weight_v)
-    y = _f64(x) @ w.T
-    return y if bias is None else y + _f64(bias)
+    return linear(x, _f64(weight_orig) / spectral_sigma(weight_orig, weight_u, weight_v), bias)

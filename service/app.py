@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from . import __version__, errors, routes_v1, routes_v2
 from .codec import Limits
@@ -59,10 +60,15 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
                 await model.batcher.close()
             executor.shutdown(wait=True)
 
-    app = FastAPI(title="normserve", version=__version__, lifespan=lifespan,
-                  default_response_class=OrjsonResponse,
-                  description="Normalisation layers over the Open Inference Protocol (KServe "
-                              "v2), with dynamic batching.")
+    # /docs (Swagger UI) loads its script and styles from fastapi-offline's package data,
+    # mounted at /static-offline-docs, not from a CDN: it works air-gapped. validatorUrl None:
+    # Swagger UI's default validator badge is an image from swagger.io. No /redoc: ReDoc's
+    # bundle loads its logo from cdn.redoc.ly whatever the page says.
+    app = FastAPIOffline(title="normserve", version=__version__, lifespan=lifespan,
+                         default_response_class=OrjsonResponse, redoc_url=None,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Normalisation layers over the Open Inference Protocol "
+                                     "(KServe v2), with dynamic batching.")
     errors.install(app)
     app.include_router(routes_v2.router)
     app.include_router(routes_v1.router)

@@ -1,4 +1,5 @@
-"""Layer cases shared by the kernel tests: parameters, references and tolerances per kind."""
+"""Layer cases shared by the kernel tests: parameters and input shapes per kind (their
+references and tolerances are ``kernels.oracle``'s)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from normserve.kernels import dtypes
-from normserve.kernels import reference as R
+from normserve.kernels.oracle import TOLERANCES, reference
 
-#: SPEC section 1: agreement with the float64 reference, absolute and relative.
-TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5, np.dtype(np.float16): 2e-3}
-if dtypes.BFLOAT16 is not None:
-    TOLERANCE[dtypes.BFLOAT16] = 1.6e-2  # 8 mantissa bits: one output rounding is 2**-9
-
-DTYPES = list(TOLERANCE)
+DTYPES = list(TOLERANCES)
 
 
 @dataclass
@@ -28,27 +23,7 @@ class Case:
     hyper: dict[str, Any] = field(default_factory=dict)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
-        p, h = self.params, self.hyper
-        if self.kind == "layer_norm":
-            return R.layer_norm(x, h["normalized_shape"], p.get("weight"), p.get("bias"),
-                                h.get("eps", 1e-5))
-        if self.kind == "rms_norm":
-            return R.rms_norm(x, h["normalized_shape"], p.get("weight"), h.get("eps"))
-        if self.kind == "batch_norm":
-            return R.batch_norm(x, p["running_mean"], p["running_var"], p.get("weight"),
-                                p.get("bias"), h.get("eps", 1e-5))
-        if self.kind == "instance_norm":
-            return R.instance_norm(x, p.get("weight"), p.get("bias"), h.get("eps", 1e-5))
-        if self.kind == "group_norm":
-            return R.group_norm(x, h["num_groups"], p.get("weight"), p.get("bias"),
-                                h.get("eps", 1e-5))
-        if self.kind == "weight_norm":
-            return R.weight_norm_linear(x, p["weight_v"], p["weight_g"], p.get("bias"),
-                                        h.get("dim", 0))
-        if self.kind == "spectral_norm":
-            return R.spectral_norm_linear(x, p["weight_orig"], p.get("bias"), p.get("weight_u"),
-                                          p.get("weight_v"))
-        raise AssertionError(self.kind)
+        return reference(self.kind, x, self.params, self.hyper)
 
     def __str__(self) -> str:
         return f"{self.kind}{list(self.sample)}{'-affine' if self.params else ''}"
@@ -98,11 +73,3 @@ def sample_input(case: Case, batch: int, dtype: np.dtype, seed: int = 1,
                  offset: float = 0.0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (offset + rng.standard_normal((batch, *case.sample))).astype(dtype)
-
-
-def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: np.dtype) -> None:
-    """|actual - expected| <= tol * (1 + |expected|), elementwise, NaN where expected is NaN."""
-    tol = TOLERANCE[np.dtype(dtype)]
-    assert actual.dtype == np.dtype(dtype)
-    a = actual.astype(np.float64)
-    np.testing.assert_allclose(a, expected, rtol=tol, atol=tol, equal_nan=True)

@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 from safetensors.numpy import load_file
 
-from normserve.kernels import reference
 from normserve.kernels.dtypes import DATATYPES
+from normserve.kernels.oracle import reference, tolerance
 from normserve.kernels.repository import load_model
 from normserve.service.demo import demo_models
 
@@ -38,7 +38,12 @@ SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
     "weight_norm_64x32": (64,),
     "spectral_norm_64x32": (64,),
 }
-TOLERANCE = {"FP64": 1e-9, "FP32": 1e-4, "FP16": 4e-3, "BF16": 3e-2}
+#: The one allowance past ``kernels.oracle``'s SPEC tolerances: test_service_batching's
+#: concurrency inputs are far wider than SPEC-scale data (N(0, 1) scaled up to 33x, offset up
+#: to 49), and on them an FP32 GEMM rounds to ~1.5e-5 of weight_norm's small outputs. FP32
+#: results on the wire are bitwise the kernel's (that test checks it), so this loosens nothing
+#: about the service; it is the 1e-4 the service tests have always used for FP32.
+FP32_WIDE_INPUT_TOLERANCE = (1e-4, 1e-4)
 
 
 def free_port() -> int:
@@ -118,27 +123,8 @@ def local_layer(name: str) -> Any:
 
 def reference_output(name: str, x: np.ndarray) -> np.ndarray:
     """float64 reference output of a demo model for ``x`` (``x`` in its wire dtype)."""
-    p = {k: v.astype(np.float64) for k, v in demo_params(name).items()}
-    cfg = demo_config(name)
-    kind = cfg["kind"]
-    if kind == "batch_norm":
-        return reference.batch_norm(x, p["running_mean"], p["running_var"], p["weight"],
-                                    p["bias"], cfg["eps"])
-    if kind == "layer_norm":
-        return reference.layer_norm(x, cfg["normalized_shape"], p["weight"], p["bias"],
-                                    cfg["eps"])
-    if kind == "rms_norm":
-        return reference.rms_norm(x, cfg["normalized_shape"], p["weight"], None)
-    if kind == "instance_norm":
-        return reference.instance_norm(x, p["weight"], p["bias"], cfg["eps"])
-    if kind == "group_norm":
-        return reference.group_norm(x, cfg["num_groups"], p["weight"], p["bias"], cfg["eps"])
-    if kind == "weight_norm":
-        return reference.weight_norm_linear(x, p["weight_v"], p["weight_g"], p["bias"], 0)
-    if kind == "spectral_norm":
-        return reference.spectral_norm_linear(x, p["weight_orig"], p["bias"], p["weight_u"],
-                                              p["weight_v"])
-    raise AssertionError(kind)
+    config = demo_config(name)
+    return reference(config["kind"], x, demo_params(name), config)
 
 
 def sample_input(name: str, rows: int, datatype: str, seed: int) -> np.ndarray:
@@ -148,11 +134,13 @@ def sample_input(name: str, rows: int, datatype: str, seed: int) -> np.ndarray:
 
 
 def assert_matches_reference(name: str, x: np.ndarray, y: np.ndarray, datatype: str) -> None:
+    """``y`` has x's dtype and agrees with the float64 reference within the SPEC tolerance."""
     assert y.dtype == x.dtype
-    ref = reference_output(name, x)
-    assert y.shape == ref.shape
-    tol = TOLERANCE[datatype]
-    np.testing.assert_allclose(y.astype(np.float64), ref, rtol=tol, atol=tol,
+    expected = reference_output(name, x)
+    assert y.shape == expected.shape
+    atol, rtol = (FP32_WIDE_INPUT_TOLERANCE if datatype == "FP32"
+                  else tolerance(DATATYPES[datatype]))
+    np.testing.assert_allclose(y.astype(np.float64), expected, rtol=rtol, atol=atol,
                                err_msg=f"{name} {datatype}")
 
 

@@ -73,10 +73,11 @@ def test_headline_shape_layer_and_rms_norm(dtype: type) -> None:
 def test_large_offset_layer_norm_fp32() -> None:
     from normserve import kernels
     from normserve.kernels import reference as ref
+    from normserve.kernels.oracle import LARGE_OFFSET_TOLERANCE
 
     x = random_input((64, 4096), np.dtype(np.float32), offset=1e4)
     y = kernels.layer_norm(x, [4096], device="cuda")
-    assert np.abs(y - ref.layer_norm(x, [4096])).max() < 1e-3
+    assert np.abs(y - ref.layer_norm(x, [4096])).max() < LARGE_OFFSET_TOLERANCE
 
 
 def test_rows_longer_than_the_register_cache() -> None:

@@ -10,6 +10,7 @@ from export_cases import layer
 
 from normserve import export, kernels
 from normserve.export.parity import check_parity
+from normserve.kernels.oracle import assert_close, reference_for, tolerance
 
 KINDS = sorted(kernels.KINDS)
 OPSETS = [17, export.default_opset()]
@@ -27,7 +28,7 @@ def test_default_opset_has_every_native_operator():
     model = export.to_onnx(rms, form="native")
     assert [n.op_type for n in model.graph.node] == ["RMSNormalization", "Identity"]
     x = np.random.default_rng(0).standard_normal((3, 4, 16)).astype(np.float32)
-    np.testing.assert_allclose(run_ort(model, x), rms.apply(x), rtol=1e-5, atol=1e-5)
+    assert_close(run_ort(model, x), rms.apply(x), np.float32)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
@@ -54,14 +55,15 @@ def test_stable_form_fixes_what_runtime_operators_lose(kind, opset):
     lay = layer(kind)
     x = (1e4 + np.random.default_rng(3).standard_normal((7, *lay.sample_shape))).astype(
         np.float32)
-    exact = export.parity.float64_reference(lay, x)
+    exact = reference_for(lay, x)
     stable = run_ort(export.to_onnx(lay, opset, form="stable"), x)
-    np.testing.assert_allclose(stable, exact, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(lay.apply(x), exact, rtol=1e-5, atol=1e-5)
+    assert_close(stable, exact, np.float32)
+    assert_close(lay.apply(x), exact, np.float32)
     if kind == "group_norm" and opset < 21:
         pytest.skip("no GroupNormalization-21 at this opset to compare with")
     native = run_ort(export.to_onnx(lay, opset, form="native"), x)
-    assert not np.allclose(native, exact, rtol=1e-5, atol=1e-5)
+    atol, rtol = tolerance(np.float32)
+    assert not np.allclose(native, exact, rtol=rtol, atol=atol)
     report = check_parity(lay, export.to_onnx(lay, opset, form="native"))
     assert any("less accurate side" in n for n in report.notes)
 
@@ -102,8 +104,7 @@ def test_fp16_does_not_overflow_where_the_kernel_does_not(opset):
         y = run_ort(export.to_onnx(lay, opset, dtype="fp16", form=form), x)
         assert y.dtype == np.float16
         assert np.isfinite(y).all()
-        np.testing.assert_allclose(y.astype(np.float64), lay.apply(x).astype(np.float64),
-                                   rtol=2e-3, atol=2e-3)
+        assert_close(y, lay.apply(x).astype(np.float64), np.float16)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -133,7 +134,7 @@ def test_free_dimensions_export_symbolic():
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[1].dim_value == 8 and dims[2].dim_param
     x = np.random.default_rng(6).standard_normal((3, 8, 11)).astype(np.float32)
-    np.testing.assert_allclose(run_ort(model, x), lay.apply(x), rtol=1e-5, atol=1e-5)
+    assert_close(run_ort(model, x), lay.apply(x), np.float32)
     assert check_parity(lay, model, input_shape=[8, -1]).ok
 
 
@@ -196,4 +197,4 @@ def test_nan_stays_in_its_row(kind):
     expected = lay.apply(x)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected))
     assert np.isfinite(y[[0, 3]]).all()
-    np.testing.assert_allclose(y[[0, 3]], expected[[0, 3]], rtol=1e-5, atol=1e-5)
+    assert_close(y[[0, 3]], expected[[0, 3]], np.float32)
