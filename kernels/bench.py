@@ -3,8 +3,15 @@
 Every case runs each implementation in one process, in a shuffled order each repetition,
 with the last-level cache flushed before every timed call (inputs come from DRAM, as they
 do in a server). It reports medians, effective bandwidth (bytes read + written), the fraction
-of a same-thread-count copy's bandwidth, and the ratio to the fastest peer. Two variants of
-the project's kernels are timed: allocating the output per call and writing into ``out=``.
+of a same-thread-count copy's bandwidth, and the ratio to the fastest peer. Three ways of
+calling the project's kernels are timed: the one-shot functional call (``kernels.layer_norm(x,
+...)``, SPEC section 2: a layer built, applied and dropped per call), a prepared layer
+allocating its output, and a prepared layer writing into ``out=``.
+
+Two modes: ``back-to-back`` times each call right after the flush; ``idle`` also sleeps
+``--idle-ms`` first, so that every thread pool (Numba's, PyTorch's OpenMP, ONNX Runtime's,
+BLAS's) has stopped spinning and parked its threads, as in a service handling sporadic
+requests, and each call pays for waking its pool.
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ import numpy as np
 from numba import prange
 
 from .cpu_jit import jit
+from .functional import BY_KIND
 from .layers import PreparedLayer, prepare
 
 FLUSH_BYTES = 256 << 20
+MODES = ("back-to-back", "idle")
+#: The project's own columns, in table order; every other implementation is a peer.
+OURS = ("normserve one-shot", "normserve prepared", "normserve out=")
 
 
 @dataclass
@@ -42,6 +53,7 @@ class Case:
     x: np.ndarray
     peers: dict[str, Callable[[], Any]] = field(default_factory=dict)
     flops: float = 0.0
+    out: np.ndarray | None = None  # what the ``out=`` column writes into
 
     @property
     def bytes(self) -> int:
@@ -207,12 +219,15 @@ def build_cases(threads: int, only: str | None = None) -> list[Case]:
     for name, kind, params, hyper, shape in _layer_cases():
         if only and only not in name:
             continue
+        params = {k: v.astype(np.float32) for k, v in params.items()}  # as torch holds them
         layer = prepare(kind, params, **hyper)
         x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
         out = np.empty(layer.output_shape(shape), np.float32)
-        case = Case(name, layer, x)
-        case.peers["normserve"] = lambda layer=layer, x=x: layer.apply(x)
-        case.peers["normserve out="] = lambda layer=layer, x=x, out=out: layer.apply(x, out)
+        case = Case(name, layer, x, out=out)
+        one_shot = BY_KIND[kind]
+        case.peers[OURS[0]] = lambda f=one_shot, x=x, p=params, h=hyper: f(x, **p, **h)
+        case.peers[OURS[1]] = lambda layer=layer, x=x: layer.apply(x)
+        case.peers[OURS[2]] = lambda layer=layer, x=x, out=out: layer.apply(x, out)
         case.peers["numpy"] = _numpy_peer(layer, x)
         for label, peer in (("torch", _torch_peer(layer, x, params)),
                             ("onnxruntime", _ort_peer(layer, x, params, threads))):
@@ -224,15 +239,19 @@ def build_cases(threads: int, only: str | None = None) -> list[Case]:
     return cases
 
 
-def _time(fn: Callable[[], Any], flush: np.ndarray) -> float:
+def _time(fn: Callable[[], Any], flush: np.ndarray, idle_s: float = 0.0) -> float:
     flush += 1  # evict the caches: the next call reads its input from DRAM
+    if idle_s:
+        time.sleep(idle_s)  # every pool's threads stop spinning and park
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
 
 
-def measure(cases: list[Case], reps: int, threads: int) -> list[dict[str, Any]]:
-    """Median seconds per implementation, peers interleaved in a new order each repetition."""
+def measure(cases: list[Case], reps: int, threads: int, modes: tuple[str, ...] = MODES,
+            idle_ms: float = 10.0) -> list[dict[str, Any]]:
+    """Median seconds per implementation and mode, peers interleaved in a new order each
+    repetition (and the modes alternating, so that both see the same machine)."""
     flush = np.zeros(FLUSH_BYTES // 8)
     copy_src = np.ones(64 << 20, np.float32)  # 256 MiB: far beyond any cache
     copy_dst = np.empty_like(copy_src)
@@ -249,25 +268,29 @@ def measure(cases: list[Case], reps: int, threads: int) -> list[dict[str, Any]]:
         for fn in case.peers.values():  # compile, fault in pages, warm the thread pools
             fn()
             fn()
-        samples: dict[str, list[float]] = {k: [] for k in case.peers}
+        samples = {(m, k): [] for m in modes for k in case.peers}
         for _ in range(reps):
-            names = list(case.peers)
-            order_rng.shuffle(names)
-            for name in names:
-                samples[name].append(_time(case.peers[name], flush))
-        med = {k: statistics.median(v) for k, v in samples.items()}
-        peer_best = min(v for k, v in med.items() if not k.startswith("normserve"))
-        for name, t in med.items():
-            rows.append({
-                "case": case.name, "impl": name, "threads": threads, "median_ms": t * 1e3,
-                "gb_per_s": case.bytes / t / 1e9,
-                "frac_copy_bw": case.bytes / t / ceiling,
-                "gflops": case.flops / t / 1e9 if case.flops else None,
-                "speedup_vs_fastest_peer": peer_best / t,
-            })
-    rows.append({"case": "memory copy (256 MiB)", "impl": "copy bandwidth", "threads": threads,
-                 "median_ms": 2 * copy_src.nbytes / ceiling * 1e3, "gb_per_s": ceiling / 1e9,
-                 "frac_copy_bw": 1.0, "gflops": None, "speedup_vs_fastest_peer": None})
+            for mode in modes:
+                idle_s = idle_ms / 1e3 if mode == "idle" else 0.0
+                names = list(case.peers)
+                order_rng.shuffle(names)
+                for name in names:
+                    samples[mode, name].append(_time(case.peers[name], flush, idle_s))
+        for mode in modes:
+            med = {k: statistics.median(samples[mode, k]) for k in case.peers}
+            peer_best = min(v for k, v in med.items() if k not in OURS)
+            for name, t in med.items():
+                rows.append({
+                    "case": case.name, "impl": name, "mode": mode, "threads": threads,
+                    "median_ms": t * 1e3, "gb_per_s": case.bytes / t / 1e9,
+                    "frac_copy_bw": case.bytes / t / ceiling,
+                    "gflops": case.flops / t / 1e9 if case.flops else None,
+                    "speedup_vs_fastest_peer": peer_best / t,
+                })
+    rows.append({"case": "memory copy (256 MiB)", "impl": "copy bandwidth", "mode": modes[0],
+                 "threads": threads, "median_ms": 2 * copy_src.nbytes / ceiling * 1e3,
+                 "gb_per_s": ceiling / 1e9, "frac_copy_bw": 1.0, "gflops": None,
+                 "speedup_vs_fastest_peer": None})
     return rows
 
 
@@ -291,16 +314,35 @@ def compile_times() -> dict[str, float]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| case | impl | threads | median ms | GB/s | of copy BW | vs fastest peer |\n"
-            "|---|---|---:|---:|---:|---:|---:|")
+    head = ("| case | mode | impl | threads | median ms | GB/s | of copy BW | vs fastest peer |\n"
+            "|---|---|---|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         ratio = r["speedup_vs_fastest_peer"]
         extra = f" ({r['gflops']:.0f} GFLOP/s)" if r.get("gflops") else ""
         lines.append(
-            f"| {r['case']} | {r['impl']}{extra} | {r['threads']} | {r['median_ms']:.2f} | "
-            f"{r['gb_per_s']:.1f} | {r['frac_copy_bw']:.2f} | "
+            f"| {r['case']} | {r['mode']} | {r['impl']}{extra} | {r['threads']} | "
+            f"{r['median_ms']:.2f} | {r['gb_per_s']:.1f} | {r['frac_copy_bw']:.2f} | "
             f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+    return "\n".join(lines)
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """One line per case, mode and thread count: every implementation's median side by side,
+    and each of the project's three calls as a ratio to the fastest peer (>1 is faster)."""
+    peers = list(dict.fromkeys(r["impl"] for r in rows
+                               if r["impl"] not in OURS and r["speedup_vs_fastest_peer"]))
+    head = (f"| case | mode | thr | {' | '.join(OURS)} | {' | '.join(peers)} | "
+            "one-shot / prepared / out= vs fastest peer |")
+    lines = [head, "|" + "---|" * (4 + len(OURS) + len(peers))]
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        if r["speedup_vs_fastest_peer"] is not None:
+            groups.setdefault((r["case"], r["mode"], r["threads"]), {})[r["impl"]] = r
+    for (case, mode, threads), by in groups.items():
+        ms = [f"{by[k]['median_ms']:.2f}" if k in by else "-" for k in (*OURS, *peers)]
+        ratios = " / ".join(f"{by[k]['speedup_vs_fastest_peer']:.2f}x" for k in OURS if k in by)
+        lines.append(f"| {case} | {mode} | {threads} | {' | '.join(ms)} | {ratios} |")
     return "\n".join(lines)
 
 
@@ -328,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="thread counts to run (default: 1 and all cores)")
     ap.add_argument("--only", help="run only the cases whose name contains this text")
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                    help="back-to-back: each call right after the cache flush; idle: every "
+                         "thread pool parked first (default: both)")
+    ap.add_argument("--idle-ms", type=float, default=10.0,
+                    help="how long the idle mode sleeps before each call (default 10 ms)")
     ap.add_argument("--json", help="write the rows to this JSON file")
     ap.add_argument("--no-compile-times", action="store_true",
                     help="skip measuring cold- and warm-cache compile times")
@@ -345,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for t in threads:
         _set_threads(t)
-        rows += measure(build_cases(t, args.only), args.reps, t)
+        rows += measure(build_cases(t, args.only), args.reps, t, tuple(args.modes), args.idle_ms)
         print(format_table([r for r in rows if r["threads"] == t]), flush=True)
+    print("\n" + format_summary(rows), flush=True)
     result: dict[str, Any] = {"rows": rows}
     if not args.no_compile_times:
         result["compile_seconds"] = compile_times()

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from .cpu_jit import jit
 from .dtypes import check_dtype
+
+
+@jit(nogil=True, cache=True)
+def _finite_vector(a):
+    # A loop, which Numba compiles (it has no all() over a generator).
+    for v in a:  # noqa: SIM110
+        if not math.isfinite(v):
+            return False
+    return True
+
+
+def all_finite(a: np.ndarray) -> bool:
+    """No NaN or Inf in ``a``. A compiled loop for the 1-D FP32/FP64 vectors that per-feature
+    parameters are: one call costs ~20 us with cold caches (a sporadic one-shot call), where
+    ``np.isfinite(a).all()`` costs ~55 us; NumPy for everything else."""
+    if a.ndim == 1 and a.dtype.char in "fd":
+        return bool(_finite_vector(a))
+    return bool(np.isfinite(a).all())
 
 
 def check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from numba import get_num_threads, njit
+from numba.np.ufunc import parallel as _parallel
 
 #: Work (elements, or multiply-adds for the GEMM) from which the threaded variant runs.
 PARALLEL_MIN_WORK = int(os.environ.get("NORMSERVE_PARALLEL_MIN_WORK", 1 << 15))
@@ -36,6 +37,17 @@ def _serial_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _LAUNCH = threading.Lock()
+
+
+def _num_threads() -> int:
+    """``numba.get_num_threads()``, through the threading layer's C entry point directly
+    once the layer is up: the public function takes a lock and checks the launch first,
+    which costs ~40 us with cold caches (a sporadic call), the C call ~10 us."""
+    n = get_num_threads()  # launches the threading layer, once
+    fast = getattr(_parallel, "_get_num_threads", None)
+    if callable(fast) and fast() == n:
+        globals()["_num_threads"] = fast
+    return n
 
 
 def jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
@@ -64,7 +76,7 @@ class ThreadedKernel:
 
     def __call__(self, *args: Any) -> Any:
         # One thread allowed: the serial variant, without the parallel launch (~0.1 ms).
-        if self._work(*args) < PARALLEL_MIN_WORK or get_num_threads() == 1:
+        if self._work(*args) < PARALLEL_MIN_WORK or _num_threads() == 1:
             return self.serial(*args)
         with _LAUNCH:
             return self.threaded(*args)

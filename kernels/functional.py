@@ -87,7 +87,15 @@ def spectral_sigma(weight_orig, weight_u=None, weight_v=None) -> float:
     return layers.spectral_sigma(weight_orig, weight_u, weight_v)
 
 
+#: Each kind's one-shot function, called as ``BY_KIND[kind](x, **state_dict, **hyper)``.
+BY_KIND: dict[str, Callable[..., Any]] = {
+    "layer_norm": layer_norm, "rms_norm": rms_norm, "batch_norm": batch_norm,
+    "instance_norm": instance_norm, "group_norm": group_norm,
+    "weight_norm": weight_norm_linear, "spectral_norm": spectral_norm_linear,
+}
+
 __all__ = [
+    "BY_KIND",
     "batch_norm",
     "group_norm",
     "instance_norm",

@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from functools import cache
 from types import ModuleType
 from typing import Any, ClassVar
 
 import numpy as np
 
 from . import dtypes
+from .checks import all_finite
 from .cpu_jit import PARALLEL_MIN_WORK
 from .devices import backend_for, resolve_device
 
@@ -26,25 +28,58 @@ _MAX_CAST_ENTRIES = 32
 _MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in set(dtypes.COMPUTE.values())}
 
 
-def _array(value: Any, name: str, ndim: int | None = None) -> np.ndarray:
-    """A parameter as a finite float64 array, or a ValueError naming it."""
-    if not isinstance(value, np.ndarray) and hasattr(value, "detach"):  # torch, not imported
-        value = value.detach().cpu().float().numpy()
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{name} must be a numeric array ({exc})") from None
+def _array(value: Any, name: str, ndim: int | None = None, exact: bool = False) -> np.ndarray:
+    """A parameter as a finite float64 array, or a ValueError naming it.
+
+    ``exact``: an FP32 or FP64 NumPy array is returned as it is, not widened: for parameters
+    that the kernels only cast to their compute dtype, where widening first changes no bit,
+    and a one-shot call would pay for a copy it then drops.
+    """
+    if exact and type(value) is np.ndarray and value.dtype.char in "fd":
+        arr = value
+    else:
+        if not isinstance(value, np.ndarray) and hasattr(value, "detach"):  # torch tensor
+            value = value.detach().cpu().float().numpy()
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a numeric array ({exc})") from None
     if ndim is not None and arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}")
-    if not np.isfinite(arr).all():
+    if not all_finite(arr):
         raise ValueError(f"{name} contains NaN or Inf")
     return arr
 
 
-def _optional(params: Params, name: str, shape: tuple[int, ...] | None) -> np.ndarray | None:
-    if params.get(name) is None:
+def _f64(arr: np.ndarray | None) -> np.ndarray | None:
+    """A parameter kept exact (see ``_array``) as the float64 master ``params`` promises."""
+    return None if arr is None else np.asarray(arr, dtype=np.float64)
+
+
+def _as_kernel_array(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``value`` as a C-contiguous ``dtype`` array; itself when it is one already (NumPy's
+    own check costs ~10 us with cold caches, these attribute reads less)."""
+    if value.dtype is dtype and value.flags.c_contiguous:
+        return value
+    return np.ascontiguousarray(value, dtype=dtype)
+
+
+@cache
+def _filled(n: int, value: float) -> np.ndarray:
+    """A read-only FP32 vector standing in for an absent weight (1) or bias (0): exact in
+    every compute dtype, so FP32 kernels take it without a cast, and built once per size."""
+    arr = np.full(n, value, np.float32)
+    arr.flags.writeable = False
+    return arr
+
+
+def _optional(value: Any, name: str, shape: tuple[int, ...] | None,
+              exact: bool = False) -> np.ndarray | None:
+    """An optional parameter (None stays None) checked by ``_array`` and, when given, its
+    shape."""
+    if value is None:
         return None
-    arr = _array(params[name], name)
+    arr = _array(value, name, exact=exact)
     if shape is not None and arr.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(arr.shape)}")
     return arr
@@ -131,10 +166,8 @@ class PreparedLayer(ABC):
         key = (dtype, self._shape_key(shape))
         cached = self._cast.get(key)
         if cached is None:
-            cached = {
-                name: self._backend.to_device(np.ascontiguousarray(value, dtype=dtype))
-                for name, value in self._kernel_params(shape).items()
-            }
+            cached = {name: self._backend.to_device(_as_kernel_array(value, dtype))
+                      for name, value in self._kernel_params(shape).items()}
             if len(self._cast) >= _MAX_CAST_ENTRIES:  # free-channel layers: stay bounded
                 self._cast.clear()
             self._cast[key] = cached
@@ -198,9 +231,17 @@ class _RowNorm(PreparedLayer):
         super().__init__(device)
         self.normalized_shape = _shape(normalized_shape, "normalized_shape")
         self.eps = eps
-        self.weight = _optional({"weight": weight}, "weight", self.normalized_shape)
-        self.bias = _optional({"bias": bias}, "bias", self.normalized_shape)
+        self._weight = _optional(weight, "weight", self.normalized_shape, exact=True)
+        self._bias = _optional(bias, "bias", self.normalized_shape, exact=True)
         self.sample_shape = self.normalized_shape
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        return _f64(self._weight)
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return _f64(self._bias)
 
     def output_shape(self, shape):
         k = len(self.normalized_shape)
@@ -213,14 +254,15 @@ class _RowNorm(PreparedLayer):
 
     def _kernel_params(self, shape):
         n = math.prod(self.normalized_shape)
-        w = np.ones(n) if self.weight is None else self.weight.ravel()
-        b = np.zeros(n) if self.bias is None else self.bias.ravel()
-        return {"weight": w, "bias": b}
+        w, b = self._weight, self._bias
+        return {"weight": _filled(n, 1.0) if w is None else w if w.ndim == 1 else w.reshape(n),
+                "bias": _filled(n, 0.0) if b is None else b if b.ndim == 1 else b.reshape(n)}
 
     def _run(self, be, x, out, p):
-        n = math.prod(self.normalized_shape)
-        be.row_norm(x.reshape(-1, n), out.reshape(-1, n), p["weight"], p["bias"],
-                    self.eps_for(x.dtype), self.center)
+        if x.ndim != 2:  # a reshape costs ~10 us with cold caches: only when needed
+            n = math.prod(self.normalized_shape)
+            x, out = x.reshape(-1, n), out.reshape(-1, n)
+        be.row_norm(x, out, p["weight"], p["bias"], self.eps_for(x.dtype), self.center)
 
     def eps_for(self, dtype: np.dtype) -> float:
         return self.eps
@@ -299,8 +341,8 @@ class BatchNorm(PreparedLayer):
                              f"{list(mean.shape)}: they must match")
         if np.any(var < 0):
             raise ValueError("running_var must be non-negative")
-        w = _optional({"weight": weight}, "weight", mean.shape)
-        b = _optional({"bias": bias}, "bias", mean.shape)
+        w = _optional(weight, "weight", mean.shape)
+        b = _optional(bias, "bias", mean.shape)
         self.num_features = mean.shape[0]
         self.scale = (1.0 if w is None else w) / np.sqrt(var + self.eps)
         self.shift = (0.0 if b is None else b) - mean * self.scale
@@ -374,8 +416,16 @@ class GroupNorm(PreparedLayer):
             raise ValueError(f"num_groups ({self.num_groups}) must divide the number of "
                              f"channels ({self.num_channels})")
         shape = None if self.num_channels is None else (self.num_channels,)
-        self.weight = _optional({"weight": weight}, "weight", shape)
-        self.bias = _optional({"bias": bias}, "bias", shape)
+        self._weight = _optional(weight, "weight", shape, exact=True)
+        self._bias = _optional(bias, "bias", shape, exact=True)
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        return _f64(self._weight)
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        return _f64(self._bias)
 
     @classmethod
     def from_state_dict(cls, params: Params, num_groups=None, eps=1e-5, num_channels=None,
@@ -412,8 +462,8 @@ class GroupNorm(PreparedLayer):
 
     def _kernel_params(self, shape):
         c = shape[1]
-        return {"weight": np.ones(c) if self.weight is None else self.weight,
-                "bias": np.zeros(c) if self.bias is None else self.bias}
+        return {"weight": _filled(c, 1.0) if self._weight is None else self._weight,
+                "bias": _filled(c, 0.0) if self._bias is None else self._bias}
 
     def _run(self, be, x, out, p):
         n, c = x.shape[:2]
@@ -467,7 +517,7 @@ class _Linear(PreparedLayer):
     def _set_weight(self, weight: np.ndarray, bias: Any) -> None:
         self.weight = weight
         self.out_features, self.in_features = weight.shape
-        self.bias = _optional({"bias": bias}, "bias", (self.out_features,))
+        self.bias = _optional(bias, "bias", (self.out_features,))
         self.sample_shape = (self.in_features,)
 
     @property
@@ -604,14 +654,19 @@ KINDS: dict[str, type[PreparedLayer]] = {
 
 def prepare(kind: str, params: Params | None = None, device: str = "cpu",
             **hyper: Any) -> PreparedLayer:
-    """Build the prepared layer of ``kind`` from a state dict and hyper-parameters."""
+    """Build the prepared layer of ``kind`` from a state dict and hyper-parameters.
+
+    The layer owns its parameters: arrays are copied, so changing the caller's arrays later
+    changes nothing (the one-shot functions, whose layer lives for one call, borrow them).
+    """
     cls = KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
     if params is not None and not isinstance(params, Mapping):
         raise TypeError("params must be a mapping of parameter names to arrays")
+    owned = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in (params or {}).items()}
     try:
-        return cls.from_state_dict(dict(params or {}), device=device, **hyper)
+        return cls.from_state_dict(owned, device=device, **hyper)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             bad = str(exc).rsplit(" ", 1)[-1]
