@@ -222,18 +222,16 @@ def _channels_of(shape: tuple[int, ...], kind: str) -> int:
     return shape[1]
 
 
-class _RowNorm(PreparedLayer):
-    """Layer norm and RMSNorm: statistics over the trailing ``normalized_shape`` of each sample."""
+class _AffineNorm(PreparedLayer):
+    """A norm with optional elementwise ``weight`` and ``bias``, kept as given when FP32/FP64
+    (``_array``'s ``exact``): the kernels only cast them."""
 
-    center: ClassVar[bool]
+    _weight: np.ndarray | None
+    _bias: np.ndarray | None
 
-    def __init__(self, normalized_shape, weight, bias, eps, device) -> None:
-        super().__init__(device)
-        self.normalized_shape = _shape(normalized_shape, "normalized_shape")
-        self.eps = eps
-        self._weight = _optional(weight, "weight", self.normalized_shape, exact=True)
-        self._bias = _optional(bias, "bias", self.normalized_shape, exact=True)
-        self.sample_shape = self.normalized_shape
+    def _set_affine(self, weight: Any, bias: Any, shape: tuple[int, ...] | None) -> None:
+        self._weight = _optional(weight, "weight", shape, exact=True)
+        self._bias = _optional(bias, "bias", shape, exact=True)
 
     @property
     def weight(self) -> np.ndarray | None:
@@ -242,6 +240,19 @@ class _RowNorm(PreparedLayer):
     @property
     def bias(self) -> np.ndarray | None:
         return _f64(self._bias)
+
+
+class _RowNorm(_AffineNorm):
+    """Layer norm and RMSNorm: statistics over the trailing ``normalized_shape`` of each sample."""
+
+    center: ClassVar[bool]
+
+    def __init__(self, normalized_shape, weight, bias, eps, device) -> None:
+        super().__init__(device)
+        self.normalized_shape = _shape(normalized_shape, "normalized_shape")
+        self.eps = eps
+        self._set_affine(weight, bias, self.normalized_shape)
+        self.sample_shape = self.normalized_shape
 
     def output_shape(self, shape):
         k = len(self.normalized_shape)
@@ -386,7 +397,7 @@ class BatchNorm(PreparedLayer):
         return self.sample_shape or (self.num_features,)
 
 
-class GroupNorm(PreparedLayer):
+class GroupNorm(_AffineNorm):
     """Group norm; instance norm is the case of one channel per group."""
 
     kind = "group_norm"
@@ -416,16 +427,7 @@ class GroupNorm(PreparedLayer):
             raise ValueError(f"num_groups ({self.num_groups}) must divide the number of "
                              f"channels ({self.num_channels})")
         shape = None if self.num_channels is None else (self.num_channels,)
-        self._weight = _optional(weight, "weight", shape, exact=True)
-        self._bias = _optional(bias, "bias", shape, exact=True)
-
-    @property
-    def weight(self) -> np.ndarray | None:
-        return _f64(self._weight)
-
-    @property
-    def bias(self) -> np.ndarray | None:
-        return _f64(self._bias)
+        self._set_affine(weight, bias, shape)
 
     @classmethod
     def from_state_dict(cls, params: Params, num_groups=None, eps=1e-5, num_channels=None,
