@@ -1,4 +1,6 @@
-"""The admin token guarding run-time registration (``PUT``/``DELETE /v1/models/{name}``)."""
+"""The admin token guarding run-time registration and model control (``PUT``/``DELETE
+/v1/models/{name}``, the repository API), for both transports: HTTP's ``Authorization``
+header and gRPC's ``authorization`` metadata carry the same ``Bearer <token>``."""
 
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ from .settings import Settings
 
 
 def require_admin(request: Request, settings: Settings) -> None:
+    """``check_admin`` of an HTTP request."""
+    check_admin(request.headers.get("authorization"), settings)
+
+
+def check_admin(authorization: str | None, settings: Settings) -> None:
     """Pass, or 403 (registration off, wrong token) / 401 (no bearer token)."""
     if not settings.admin_token:
         raise ApiError(403, "Authorization: model registration is disabled (start the server "
@@ -18,7 +25,7 @@ def require_admin(request: Request, settings: Settings) -> None:
     if settings.workers > 1:
         raise ApiError(403, "Authorization: model registration needs a single worker "
                             "(--workers 1); each worker holds its own models")
-    header = request.headers.get("authorization", "")
+    header = authorization or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(401, "Authorization: a 'Bearer <admin token>' header is required",

@@ -1,9 +1,11 @@
 """The app factory: routes, error handlers, and the lifespan that loads, warms and drains.
 
 Start-up loads the repository (broken models are skipped), starts one batcher per model and
-compiles the kernels in the background: ``/v2/health/ready`` turns true when that is done.
-Shutdown (uvicorn's SIGTERM handling has already stopped accepting and let running requests
-finish) closes every batcher, which runs whatever is still queued before it stops.
+the gRPC server on this event loop, and compiles the kernels in the background:
+``/v2/health/ready``, gRPC ServerReady and the gRPC health service turn true when that is done.
+Shutdown (uvicorn's SIGTERM handling has already stopped accepting HTTP and let running HTTP
+requests finish) stops gRPC the same way, then closes every batcher, which runs whatever is
+still queued before it stops.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -28,6 +30,9 @@ from .metrics import Metrics
 from .registry import Registry
 from .responses import OrjsonResponse
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .grpc.server import GrpcServer
 
 log = logging.getLogger("normserve")
 
@@ -47,15 +52,24 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
         app.state.ctx = ctx
         for model in registry.models.values():
             model.batcher.start()
-        log.info("serving %d model(s) from %s; %d skipped", len(registry.models),
-                 registry.root, len(registry.errors))
-        warm = asyncio.create_task(_warm_all(registry))
-        _on_stop_signals(ctx)
+        grpc_server = None
+        if settings.grpc_port:
+            from .grpc.server import GrpcServer  # gRPC's import costs nothing when off
+
+            grpc_server = GrpcServer(ctx.dataplane, settings.host, settings.grpc_port)
+            await grpc_server.start()
+        log.info("serving %d model(s) from %s; %d skipped%s", len(registry.models),
+                 registry.root, len(registry.errors),
+                 f"; gRPC on port {grpc_server.port}" if grpc_server else "")
+        warm = asyncio.create_task(_warm_all(registry, grpc_server))
+        _on_stop_signals(ctx, grpc_server)
         try:
             yield
         finally:
             ctx.draining = True
             warm.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(settings.request_timeout)
             for model in list(registry.models.values()):
                 await model.batcher.close()
             executor.shutdown(wait=True)
@@ -75,15 +89,21 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
     return InferFastPath(app)
 
 
-def _on_stop_signals(ctx: Context) -> None:
-    """On SIGTERM/SIGINT: report not-ready and run queued requests at once, then let uvicorn
-    go on with its graceful shutdown (its handler is chained, not replaced)."""
+def _on_stop_signals(ctx: Context, grpc_server: GrpcServer | None) -> None:
+    """On SIGTERM/SIGINT: report not-ready (HTTP, gRPC and its health service) and run queued
+    requests at once, then let uvicorn go on with its graceful shutdown (its handler is
+    chained, not replaced)."""
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()  # referenced until done (the loop keeps weak ones)
 
     def drain() -> None:
         ctx.draining = True
         for model in list(ctx.registry.models.values()):
             model.batcher.flush()
+        if grpc_server is not None:
+            task = loop.create_task(grpc_server.drain())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
@@ -99,12 +119,14 @@ def _on_stop_signals(ctx: Context) -> None:
             return
 
 
-async def _warm_all(registry: Registry) -> None:
+async def _warm_all(registry: Registry, grpc_server: GrpcServer | None) -> None:
     for model in list(registry.models.values()):
         try:
             await registry.warm(model)
         except Exception:  # a model that cannot run is reported, and the others still warm
             log.exception("warm-up of %s failed", model.name)
+    if grpc_server is not None and registry.ready:
+        await grpc_server.set_serving(True)
 
 
 def create_app_from_env() -> InferFastPath:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from typing import Any
 
+import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from .errors import ApiError
+from .settings import Settings
 
 
 def _too_large(limit: int) -> ApiError:
@@ -28,6 +31,18 @@ async def read_body_within(request: Request, limit: int, timeout_s: float) -> by
         return await asyncio.wait_for(read_body(request, limit), timeout_s)
     except asyncio.TimeoutError:
         raise ApiError(408, f"body: not received within {timeout_s:g} s") from None
+
+
+async def json_body(request: Request, settings: Settings, allow_empty: bool = False) -> Any:
+    """A JSON request body under the size limit and deadline (``{}`` for an empty body when
+    ``allow_empty``: Triton's clients post none for some calls)."""
+    body = await read_body_within(request, settings.max_body_bytes, settings.request_timeout)
+    if allow_empty and not body.strip():
+        return {}
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, f"body: not valid JSON ({exc})") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:

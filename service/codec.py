@@ -31,13 +31,17 @@ class Limits:
 
 @dataclass
 class InferCall:
-    """A decoded inference request: its one input and how the client wants the answer."""
+    """A decoded inference request, from either transport: its one input and how the client
+    wants the answer."""
 
     request_id: str | None
     input_name: str
     array: np.ndarray
     binary_output: bool
     timeout_s: float | None
+    model_name: str | None = None  # as the body names it (kserve's clients send it)
+    model_version: str | None = None
+    field: str = "inputs[0]"  # where the input sits in the request, for error messages
 
 
 def dtype_of(datatype: str, field: str) -> np.dtype:
@@ -118,11 +122,7 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits) -> Infe
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"body: not valid JSON ({exc})") from None
     req: InferenceRequest = validate(InferenceRequest, parsed)
-    if len(req.inputs) != 1:
-        names = [i.name for i in req.inputs]
-        if len(set(names)) != len(names):
-            raise ApiError(400, "inputs: duplicate input names")
-        raise ApiError(400, f"inputs: exactly one input is required, got {len(req.inputs)}")
+    check_one_input([i.name for i in req.inputs])
     spec = req.inputs[0]
     field = "inputs[0]"
     dtype = dtype_of(spec.datatype, f"{field}.datatype")
@@ -147,23 +147,42 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits) -> Infe
             raise ApiError(400, f"body: {len(binary)} bytes of binary data that no input claims")
         array = json_array(spec.data, spec.shape, dtype, count, f"{field}.data")
     binary_out = _flag(req.parameters, "binary_data_output", "parameters") or False
-    names = set()
+    check_outputs([out.name for out in req.outputs or ()])
     for i, out in enumerate(req.outputs or ()):
-        if out.name != "output":
-            raise ApiError(400, f"outputs[{i}].name: unknown output {out.name!r}; the only "
-                                "output is 'output'")
-        if out.name in names:
-            raise ApiError(400, f"outputs[{i}].name: duplicate output {out.name!r}")
-        names.add(out.name)
         flag = _flag(out.parameters, "binary_data", f"outputs[{i}].parameters")
         if flag is not None:
             binary_out = flag
-    timeout = (req.parameters or {}).get("timeout")
+    return InferCall(req.id, spec.name, array, binary_out,
+                     timeout_param((req.parameters or {}).get("timeout")),
+                     req.model_name, req.model_version)
+
+
+def check_one_input(names: list[str]) -> None:
+    """Every model takes one input: a 400 for none, several, or duplicates."""
+    if len(names) != 1:
+        if len(set(names)) != len(names):
+            raise ApiError(400, "inputs: duplicate input names")
+        raise ApiError(400, f"inputs: exactly one input is required, got {len(names)}")
+
+
+def check_outputs(names: list[str]) -> None:
+    """Requested outputs may only name ``output``, once."""
+    seen = set()
+    for i, name in enumerate(names):
+        if name != "output":
+            raise ApiError(400, f"outputs[{i}].name: unknown output {name!r}; the only "
+                                "output is 'output'")
+        if name in seen:
+            raise ApiError(400, f"outputs[{i}].name: duplicate output {name!r}")
+        seen.add(name)
+
+
+def timeout_param(timeout: Any) -> float | None:
+    """The ``timeout`` request parameter (microseconds, Triton's) in seconds."""
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int)
                                 or timeout <= 0):
         raise ApiError(400, "parameters.timeout: must be a positive integer (microseconds)")
-    return InferCall(req.id, spec.name, array, binary_out,
-                     None if timeout is None else timeout / 1e6)
+    return None if timeout is None else timeout / 1e6
 
 
 def encode_infer(model: str, call: InferCall,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
 from .codec import Limits
+from .dataplane import DataPlane
 from .metrics import Metrics
 from .registry import Registry
 from .settings import Settings
@@ -23,6 +24,10 @@ class Context:
     # then queue here rather than oversubscribing the cores.
     executor: ThreadPoolExecutor
     draining: bool = False
+    dataplane: DataPlane = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.dataplane = DataPlane(self)
 
 
 def ctx_of(request: Request) -> Context:

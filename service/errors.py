@@ -18,13 +18,20 @@ log = logging.getLogger("normserve")
 
 
 class ApiError(Exception):
-    """A request the server refuses: the status, a message naming the field, extra headers."""
+    """A request the server refuses: the status, a message naming the field, extra headers.
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    The status is the HTTP one, which the KServe v2 protocol defines its errors by; the gRPC
+    transport maps it (and ``reason``, where one status covers several causes) to a gRPC
+    status code in one table (``grpc.errors``).
+    """
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 reason: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.reason = reason  # REJECTED (queue full), TIMEOUT, UNAVAILABLE (closing)
 
 
 def bad_request(message: str) -> ApiError:

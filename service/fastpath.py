@@ -46,9 +46,7 @@ class InferFastPath:
         request = Request(scope, receive)
         name, version = match.groups()
         try:
-            if version is not None:
-                routes_v2.check_version(request, name, version)
-            response = await routes_v2.infer_request(name, request)
+            response = await routes_v2.infer_request(request, name, version)
         except ApiError as exc:
             response = error_response(exc.status, exc.message, exc.headers)
         except Exception as exc:  # a bug, not the client: logged, and answered as JSON

@@ -21,6 +21,7 @@ from .batcher import Batcher
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
+from .statistics import ModelStatistics
 
 log = logging.getLogger("normserve")
 DEMO_REPOSITORY = Path(__file__).parent / "demo_repository"
@@ -34,6 +35,7 @@ class Model:
     config: ModelConfig
     layer: PreparedLayer
     batcher: Batcher
+    stats: ModelStatistics
     ready: bool = False
     onnx_cache: dict[int, bytes] = field(default_factory=dict)
 
@@ -106,11 +108,13 @@ class Registry:
                 continue
             self.add(folder.name, config, layer)
 
-    def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer) -> Batcher:
+    def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer,
+                    stats: ModelStatistics) -> Batcher:
         s = self.settings
 
         def observe(rows: int, requests: int, compute_s: float) -> None:
             self.metrics.observe_batch(name, rows, requests, compute_s)
+            stats.batch(rows, compute_s)
 
         return Batcher(
             layer, self.executor,
@@ -124,7 +128,8 @@ class Registry:
     def add(self, name: str, config: ModelConfig,
             layer: PreparedLayer) -> tuple[Model, Model | None]:
         """Serve a model under ``name``; returns it and the model it replaced, if any."""
-        model = Model(name, config, layer, self.batcher_for(name, config, layer))
+        stats = ModelStatistics(name)
+        model = Model(name, config, layer, self.batcher_for(name, config, layer, stats), stats)
         old = self.models.get(name)
         self.models[name] = model
         self.errors.pop(name, None)

@@ -8,7 +8,6 @@ import importlib
 from typing import Any
 
 import numpy as np
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
@@ -16,7 +15,7 @@ from normserve.kernels import prepare
 from normserve.kernels.repository import ModelError, build_layer, parse_config, valid_name
 
 from .admin import require_admin
-from .body import read_body_within
+from .body import json_body
 from .codec import check_shape, decode_tensor, tensor_json
 from .context import Context, ctx_of
 from .errors import ApiError
@@ -26,15 +25,6 @@ from .schemas import NormalizeRequest, RegisterRequest, Tensor, request_body, va
 
 router = APIRouter(default_response_class=OrjsonResponse)
 RESERVED = {"device", "params", "input"}
-
-
-async def _json_body(request: Request, ctx: Context) -> Any:
-    body = await read_body_within(request, ctx.settings.max_body_bytes,
-                                  ctx.settings.request_timeout)
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"body: not valid JSON ({exc})") from None
 
 
 def _params(ctx: Context, tensors: dict[str, Tensor], extra: int = 0) -> dict[str, np.ndarray]:
@@ -73,7 +63,7 @@ def _normalize(kind: str, params: dict, hyper: dict, x: np.ndarray, device: str)
 @router.post("/v1/normalize", openapi_extra=request_body(NormalizeRequest))
 async def normalize(request: Request) -> OrjsonResponse:
     ctx = ctx_of(request)
-    req: NormalizeRequest = validate(NormalizeRequest, await _json_body(request, ctx))
+    req: NormalizeRequest = validate(NormalizeRequest, await json_body(request, ctx.settings))
     hyper = dict(req.model_extra or {})
     reserved = sorted(RESERVED & hyper.keys())
     if reserved:
@@ -107,7 +97,7 @@ async def register(name: str, request: Request) -> OrjsonResponse:
     require_admin(request, ctx.settings)
     if not valid_name(name) or name.startswith("."):
         raise ApiError(400, "name: must match [A-Za-z0-9_.-]{1,64} and not start with '.'")
-    req: RegisterRequest = validate(RegisterRequest, await _json_body(request, ctx))
+    req: RegisterRequest = validate(RegisterRequest, await json_body(request, ctx.settings))
     fields = req.model_dump(exclude={"params"}, exclude_none=True)
     fields.update(req.model_extra or {})
     try:

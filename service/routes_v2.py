@@ -1,33 +1,39 @@
-"""Open Inference Protocol v2 routes (SPEC 4): health, metadata and inference."""
+"""Open Inference Protocol v2 over HTTP (SPEC 4, 7): the HTTP transport of ``DataPlane``.
+
+Each route reads its request, asks the data plane and writes its answer; the data plane's
+``ApiError`` becomes the JSON error body in one place (``errors``).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Request
 
-from . import __version__
-from .batcher import Closed, QueueFull
-from .body import read_body_within
-from .codec import HEADER_LENGTH, decode_infer, encode_infer
+from .body import json_body, read_body_within
+from .codec import HEADER_LENGTH, InferCall, decode_infer, encode_infer
 from .context import ctx_of
+from .dataplane import DataPlane
 from .errors import ApiError
 from .responses import OrjsonResponse, PartsResponse
 from .schemas import InferenceRequest, request_body
 
 router = APIRouter(default_response_class=OrjsonResponse)
-VERSION = "1"
 
 
-def _version(name: str, version: str) -> None:
-    if version != VERSION:
-        raise ApiError(404, f"model {name!r}: unknown version {version!r} (only '1')")
+def _dp(request: Request) -> DataPlane:
+    return ctx_of(request).dataplane
+
+
+def _readiness(payload: dict, why: str | None) -> OrjsonResponse:
+    if why is None:
+        return OrjsonResponse({**payload, "ready": True})
+    return OrjsonResponse({**payload, "ready": False, "error": why}, 503)
 
 
 @router.get("/v2")
-async def server_metadata() -> dict:
-    return {"name": "normserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+async def server_metadata(request: Request) -> dict:
+    return _dp(request).server_metadata()
 
 
 @router.get("/v2/health/live")
@@ -37,53 +43,84 @@ async def live() -> dict:
 
 @router.get("/v2/health/ready")
 async def ready(request: Request) -> OrjsonResponse:
-    ctx = ctx_of(request)
-    models = ctx.registry.models.values()
-    if ctx.draining:
-        return OrjsonResponse({"ready": False, "error": "server is shutting down"}, 503)
-    if not all(m.ready for m in models):
-        warm = sum(m.ready for m in models)
-        return OrjsonResponse({"ready": False, "error": f"warming up: {warm} of {len(models)} "
-                                                        "models compiled"}, 503)
-    return OrjsonResponse({"ready": True})
+    return _readiness({}, _dp(request).ready())
+
+
+# Before /v2/models/{name}, which would take "stats" for a model name.
+@router.get("/v2/models/stats")
+async def all_statistics(request: Request) -> dict:
+    return _dp(request).statistics()
 
 
 @router.get("/v2/models/{name}")
 async def model_metadata(name: str, request: Request) -> dict:
-    return ctx_of(request).registry.get(name).metadata()
+    return _dp(request).model_metadata(name)
 
 
 @router.get("/v2/models/{name}/versions/{version}")
 async def model_version_metadata(name: str, version: str, request: Request) -> dict:
-    model = ctx_of(request).registry.get(name)
-    _version(name, version)
-    return model.metadata()
+    return _dp(request).model_metadata(name, version)
 
 
 @router.get("/v2/models/{name}/config")
 async def model_config(name: str, request: Request) -> dict:
-    model = ctx_of(request).registry.get(name)
-    return {"name": name, **model.config.model_dump(), "hyper": model.layer.describe()}
+    return _dp(request).model_config(name)
 
 
-async def _model_ready(name: str, request: Request) -> OrjsonResponse:
-    model = ctx_of(request).registry.get(name)
-    if not model.ready:
-        return OrjsonResponse({"name": name, "ready": False,
-                               "error": f"model {name!r}: warming up"}, 503)
-    return OrjsonResponse({"name": name, "ready": True})
+@router.get("/v2/models/{name}/versions/{version}/config")
+async def model_version_config(name: str, version: str, request: Request) -> dict:
+    return _dp(request).model_config(name, version)
 
 
 @router.get("/v2/models/{name}/ready")
 async def model_ready(name: str, request: Request) -> OrjsonResponse:
-    return await _model_ready(name, request)
+    return _readiness({"name": name}, _dp(request).model_ready(name))
 
 
 @router.get("/v2/models/{name}/versions/{version}/ready")
 async def model_version_ready(name: str, version: str, request: Request) -> OrjsonResponse:
-    ctx_of(request).registry.get(name)
-    _version(name, version)
-    return await _model_ready(name, request)
+    return _readiness({"name": name}, _dp(request).model_ready(name, version))
+
+
+@router.get("/v2/models/{name}/stats")
+async def model_statistics(name: str, request: Request) -> dict:
+    return _dp(request).statistics(name)
+
+
+@router.get("/v2/models/{name}/versions/{version}/stats")
+async def model_version_statistics(name: str, version: str, request: Request) -> dict:
+    return _dp(request).statistics(name, version)
+
+
+@router.post("/v2/repository/index")
+async def repository_index(request: Request) -> list:
+    body = await json_body(request, ctx_of(request).settings, allow_empty=True)
+    ready = body.get("ready", False) if isinstance(body, dict) else None
+    if not isinstance(ready, bool):
+        raise ApiError(400, "ready: must be true or false")
+    return _dp(request).repository_index(ready)
+
+
+@router.post("/v2/repository/models/{name}/load")
+async def repository_load(name: str, request: Request) -> dict:
+    _dp(request).control("load", name, request.headers.get("authorization"))
+    return {}
+
+
+@router.post("/v2/repository/models/{name}/unload")
+async def repository_unload(name: str, request: Request) -> dict:
+    _dp(request).control("unload", name, request.headers.get("authorization"))
+    return {}
+
+
+@router.get("/v2/logging")
+async def log_settings(request: Request) -> dict:
+    return _dp(request).logs.get()
+
+
+@router.post("/v2/logging")
+async def update_log_settings(request: Request) -> dict:
+    return _dp(request).logs.update(await json_body(request, ctx_of(request).settings))
 
 
 _INFER_DOC = request_body(InferenceRequest)
@@ -93,52 +130,27 @@ _INFER_DOC = request_body(InferenceRequest)
 # ``fastpath.InferFastPath`` before FastAPI's router is reached.
 @router.post("/v2/models/{name}/infer", openapi_extra=_INFER_DOC)
 async def infer(name: str, request: Request) -> PartsResponse:
-    return await infer_request(name, request)
+    return await infer_request(request, name)
 
 
 @router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_DOC)
 async def infer_version(name: str, version: str, request: Request) -> PartsResponse:
-    check_version(request, name, version)
-    return await infer_request(name, request)
+    return await infer_request(request, name, version)
 
 
-def check_version(request: Request, name: str, version: str) -> None:
-    """404 for an unknown model, then for a version other than the one served."""
-    ctx_of(request).registry.get(name)
-    _version(name, version)
-
-
-async def infer_request(name: str, request: Request) -> PartsResponse:
-    """Decode, queue for a batch, encode: the hot path."""
-    start = time.perf_counter()
+async def infer_request(request: Request, name: str, version: str | None = None
+                        ) -> PartsResponse:
+    """Read and decode the body, infer through the data plane, encode: the hot path."""
     ctx = ctx_of(request)
-    model = ctx.registry.get(name)
     settings = ctx.settings
-    try:
+
+    async def decode() -> InferCall:
         body = await read_body_within(request, settings.max_body_bytes,
                                       settings.request_timeout)
-        call = decode_infer(body, request.headers.get(HEADER_LENGTH), ctx.limits)
-        model.check_input(call.array.shape, "inputs[0].shape")
-        timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
-        try:
-            out, timing = await model.batcher.submit(call.array, timeout)
-        except QueueFull:
-            ctx.metrics.observe_failure(name, "REJECTED")
-            raise ApiError(503, f"model {name!r}: queue is full "
-                                f"({model.batcher.max_queue_size} requests); retry later",
-                           {"Retry-After": "1"}) from None
-        except asyncio.TimeoutError:
-            ctx.metrics.observe_failure(name, "TIMEOUT")
-            raise ApiError(503, f"model {name!r}: no result within {timeout:g} s (the request "
-                                "timeout); retry later", {"Retry-After": "1"}) from None
-        except Closed:
-            ctx.metrics.observe_failure(name, "UNAVAILABLE")
-            raise ApiError(503, f"model {name!r}: is being removed or the server is shutting "
-                                "down", {"Retry-After": "1"}) from None
-    except ApiError as exc:
-        if exc.status != 503:
-            ctx.metrics.observe_failure(name, "BAD_REQUEST")
-        raise
-    parts, headers = encode_infer(name, call, out)
-    ctx.metrics.observe_success(name, time.perf_counter() - start, timing.queue_s)
+        return decode_infer(body, request.headers.get(HEADER_LENGTH), ctx.limits)
+
+    answer = await ctx.dataplane.infer(name, version, decode)
+    t0 = time.perf_counter()
+    parts, headers = encode_infer(name, answer.call, answer.output)
+    ctx.dataplane.done(answer, time.perf_counter() - t0)
     return PartsResponse(parts, headers)

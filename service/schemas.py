@@ -44,8 +44,13 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: StrictStr | None = Field(default=None, max_length=1024)
+    model_name: StrictStr | None = Field(
+        default=None, max_length=256, description="optional; must be the model addressed")
+    model_version: StrictStr | None = Field(
+        default=None, max_length=64, description="optional; must be the version addressed")
     parameters: dict[str, Any] | None = Field(
-        default=None, description="binary_data_output (bool), timeout (microseconds)")
+        default=None, description="binary_data_output (bool), timeout (microseconds); "
+                                  "others are ignored, as Triton does")
     inputs: list[TensorInput] = Field(max_length=64)
     outputs: list[RequestedOutput] | None = Field(default=None, max_length=64)
 

@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-repository", metavar="DIR",
                    help="model repository (default: the built-in demo repository)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    p.add_argument("--grpc-port", type=int, default=8001,
+                   help="gRPC port (Triton's GRPCInferenceService and grpc.health.v1); 0: off")
     p.add_argument("--workers", type=_positive(int), default=1,
                    help="server processes (each batches on its own)")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
@@ -71,13 +73,18 @@ def settings_from(args: argparse.Namespace) -> Settings:
         request_timeout=args.request_timeout, batching=not args.no_batching,
         batch_wait=args.batch_wait,
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
-        max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup)
+        max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup,
+        host=args.host, grpc_port=args.grpc_port)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.model_repository and not Path(args.model_repository).is_dir():
         print(f"normserve serve: --model-repository {args.model_repository}: not a directory",
+              file=sys.stderr)
+        return 2
+    if not 0 <= args.grpc_port <= 65535:
+        print("normserve serve: --grpc-port: must be a port number, or 0 for no gRPC",
               file=sys.stderr)
         return 2
     if args.max_queue_delay_us is not None and args.max_queue_delay_us < 0:

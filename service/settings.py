@@ -34,6 +34,8 @@ class Settings:
     max_queue_size: int | None = None  # overrides every model's setting when set
     workers: int = 1
     warmup: bool = True
+    host: str = "127.0.0.1"  # the address both transports listen on
+    grpc_port: int = 8001  # 0: no gRPC
 
     def to_env(self) -> str:
         return orjson.dumps(asdict(self)).decode()

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+from google.protobuf import json_format
 from safetensors.numpy import load_file
+from tritonclient.grpc import model_config_pb2
 
 from normserve.kernels.dtypes import DATATYPES
 from normserve.kernels.oracle import reference, tolerance
@@ -58,6 +60,11 @@ class Server:
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Every server gets its own gRPC port (the default 8001 would clash between tests).
+        if "--grpc-port" not in args:
+            args = ("--grpc-port", str(free_port()), *args)
+        self.grpc_port = int(args[args.index("--grpc-port") + 1])
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         # Closed in stop(); a file (not a pipe) so that a chatty server never blocks on it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             "w+", prefix="normserve-", suffix=".log")
@@ -105,6 +112,22 @@ def running_server(*args: str, env: dict[str, str] | None = None) -> Iterator[Se
     finally:
         if server.proc.poll() is None:
             server.stop()
+
+
+def check_triton_config(config: dict[str, Any], name: str) -> Any:
+    """A model configuration in Triton's schema (parsed strictly into its ModelConfig
+    message: an unknown field fails) that says what the demo model ``name`` is."""
+    parsed = json_format.ParseDict(config, model_config_pb2.ModelConfig())
+    demo = demo_config(name)
+    assert parsed.name == name and parsed.backend == "normserve"
+    assert parsed.parameters["kind"].string_value == demo["kind"]
+    assert parsed.max_batch_size == demo["max_batch_size"]
+    assert list(parsed.input[0].dims) == demo["input_shape"]  # -1: a free dimension
+    assert parsed.input[0].data_type == model_config_pb2.TYPE_FP32
+    assert parsed.output[0].name == "output"
+    batching = parsed.dynamic_batching
+    assert batching.max_queue_delay_microseconds == demo.get("max_queue_delay_us", 500)
+    return parsed
 
 
 def demo_params(name: str) -> dict[str, np.ndarray]:

@@ -9,6 +9,7 @@ import tritonclient.http as httpclient
 from service_helpers import (
     SAMPLE_SHAPES,
     assert_matches_reference,
+    check_triton_config,
     demo_params,
     running_server,
     sample_input,
@@ -76,7 +77,7 @@ def test_health_and_metadata(client):
         assert meta["name"] == name
         assert meta["inputs"][0]["shape"][0] == -1
         assert meta["outputs"][0]["name"] == "output"
-        assert client.get_model_config(name)["kind"] == demo_models()[name][0]["kind"]
+        check_triton_config(client.get_model_config(name), name)
     assert not client.is_model_ready("layer_norm_1024", model_version="2")
 
 

@@ -1,0 +1,172 @@
+"""The protocol-neutral core of the service: what the HTTP and gRPC transports both do.
+
+As MLServer's ``DataPlane`` serves its REST and gRPC packages, this class answers health,
+metadata, configuration, statistics and inference for both transports from the same
+registry, batchers, limits and metrics, so an HTTP and a gRPC request can share a batch.
+Errors are raised here once, as ``ApiError`` (its HTTP status is the protocol-neutral code of
+the KServe v2 spec), and each transport maps them once: ``errors.error_response`` for HTTP,
+``grpc.errors`` for gRPC. Transports decode and encode tensors; everything between is here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .admin import check_admin
+from .batcher import Closed, QueueFull, Timing
+from .codec import InferCall
+from .errors import ApiError
+from .log_settings import LogSettings
+from .model_config import triton_config
+from .registry import Model
+
+log = logging.getLogger("normserve")
+
+VERSION = "1"
+#: The protocol extensions both transports serve (``GET /v2``, gRPC ServerMetadata).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "logging",
+              "model_repository", "schedule_policy"]
+
+
+@dataclass
+class Answer:
+    """A finished inference: what the transport encodes, and what ``done`` records."""
+
+    model: Model
+    call: InferCall
+    output: np.ndarray
+    timing: Timing
+    start: float
+    decode_s: float
+
+
+class DataPlane:
+    """Everything a v2 request asks of the server, whatever carried it."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx  # context.Context: settings, limits, metrics, registry, executor
+        self.logs = LogSettings()
+
+    # --- health and metadata ----------------------------------------------------------------
+    def ready(self) -> str | None:
+        """None when the server is ready, else why not (draining, warming up)."""
+        if self.ctx.draining:
+            return "server is shutting down"
+        models = self.ctx.registry.models.values()
+        if not all(m.ready for m in models):
+            warm = sum(m.ready for m in models)
+            return f"warming up: {warm} of {len(models)} models compiled"
+        return None
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "normserve", "version": __version__, "extensions": EXTENSIONS}
+
+    def model(self, name: str, version: str | None = None) -> Model:
+        """The served model ``name``, or a 404 (unknown model, or a version not served)."""
+        model = self.ctx.registry.get(name)
+        if version not in (None, "", VERSION):
+            raise ApiError(404, f"model {name!r}: unknown version {version!r} (only "
+                                f"{VERSION!r})")
+        return model
+
+    def model_ready(self, name: str, version: str | None = None) -> str | None:
+        """None when the model is ready, else why not; a 404 for an unknown model."""
+        return None if self.model(name, version).ready else f"model {name!r}: warming up"
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return self.model(name, version).metadata()
+
+    def model_config(self, name: str, version: str | None = None) -> dict[str, Any]:
+        return triton_config(self.model(name, version))
+
+    def statistics(self, name: str | None = None, version: str | None = None
+                   ) -> dict[str, Any]:
+        """Triton's statistics body: every model, or one (a 404 when unknown)."""
+        models = [self.model(name, version)] if name else self.ctx.registry.models.values()
+        return {"model_stats": [m.stats.as_dict() for m in models]}
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """The repository's models as Triton lists them: served ones and skipped folders."""
+        registry = self.ctx.registry
+        index = [{"name": m.name, "version": VERSION,
+                  "state": "READY" if m.ready else "LOADING", "reason": ""}
+                 for m in registry.models.values() if m.ready or not ready_only]
+        if not ready_only:
+            index += [{"name": name, "version": VERSION, "state": "UNAVAILABLE",
+                       "reason": why} for name, why in registry.errors.items()]
+        return sorted(index, key=lambda m: m["name"])
+
+    def control(self, action: str, name: str, authorization: str | None) -> None:
+        """Triton's RepositoryModelLoad/Unload: admin only. The repository is read once at
+        start (Triton's model-control-mode none), so both are refused, as Triton does."""
+        check_admin(authorization, self.ctx.settings)
+        raise ApiError(400, f"model {name!r}: cannot {action}: explicit model load / unload "
+                            "is not allowed in model control mode 'none'")
+
+    # --- inference --------------------------------------------------------------------------
+    async def infer(self, name: str, version: str | None,
+                    decode: Callable[[], Awaitable[InferCall]]) -> Answer:
+        """Decode (the transport's ``decode``), check, queue for a batch: the hot path.
+
+        Every refusal after the model is found counts as a failure of that model, in the
+        metrics and the statistics, whichever transport it came by.
+        """
+        start = time.perf_counter()
+        model = self.model(name, version)
+        try:
+            call = await decode()
+            decode_s = time.perf_counter() - start
+            _check_names(call, name, version)
+            model.check_input(call.array.shape, call.field + ".shape")
+            settings = self.ctx.settings
+            timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
+            out, timing = await self._submit(model, call.array, timeout)
+        except ApiError as exc:
+            self.ctx.metrics.observe_failure(name, exc.reason or "BAD_REQUEST")
+            model.stats.failure(time.perf_counter() - start)
+            raise
+        return Answer(model, call, out, timing, start, decode_s)
+
+    def done(self, answer: Answer, encode_s: float) -> None:
+        """Record an answered request (after the transport encoded it)."""
+        total = time.perf_counter() - answer.start
+        name, t = answer.model.name, answer.timing
+        self.ctx.metrics.observe_success(name, total, t.queue_s)
+        answer.model.stats.success(total, answer.decode_s, t.queue_s, t.compute_s, encode_s)
+
+    @staticmethod
+    async def _submit(model: Model, x: np.ndarray, timeout: float
+                      ) -> tuple[np.ndarray, Timing]:
+        name = model.name
+        try:
+            return await model.batcher.submit(x, timeout)
+        except QueueFull:
+            raise ApiError(503, f"model {name!r}: queue is full "
+                                f"({model.batcher.max_queue_size} requests); retry later",
+                           {"Retry-After": "1"}, reason="REJECTED") from None
+        except asyncio.TimeoutError:
+            raise ApiError(503, f"model {name!r}: no result within {timeout:g} s (the request "
+                                "timeout); retry later", {"Retry-After": "1"},
+                           reason="TIMEOUT") from None
+        except Closed:
+            raise ApiError(503, f"model {name!r}: is being removed or the server is shutting "
+                                "down", {"Retry-After": "1"}, reason="UNAVAILABLE") from None
+
+
+def _check_names(call: InferCall, name: str, version: str | None) -> None:
+    """The ``model_name``/``model_version`` a client put in the body (kserve's clients do)
+    must agree with the model addressed."""
+    if call.model_name is not None and call.model_name != name:
+        raise ApiError(400, f"model_name: the body names {call.model_name!r} but the request "
+                            f"is for {name!r}")
+    if call.model_version not in (None, "", version or VERSION):
+        raise ApiError(400, f"model_version: the body names {call.model_version!r} but the "
+                            f"request is for version {version or VERSION!r}")

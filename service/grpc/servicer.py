@@ -1,0 +1,191 @@
+"""Triton's ``GRPCInferenceService`` over ``DataPlane``: each RPC reads its message, asks the
+data plane and writes its answer; a refusal becomes a gRPC status in one place (``_rpc``).
+
+Not served (they answer UNIMPLEMENTED): CUDA shared memory, trace settings and system shared
+memory (the HTTP transport does not serve them either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from ..codec import InferCall
+from ..dataplane import DataPlane
+from ..errors import ApiError
+from .codec import decode_request, encode_response
+from .errors import status_code
+
+log = logging.getLogger("normserve")
+pb = service_pb2
+R = TypeVar("R")
+Handler = Callable[..., Awaitable[R]]
+
+
+def _rpc(method: Handler) -> Handler:
+    """Map the core's ``ApiError`` to the RPC's status; log anything else (a bug) and answer
+    INTERNAL without details, as the HTTP transport answers 500."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except ApiError as exc:
+            await context.abort(status_code(exc), exc.message)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as exc:
+            log.exception("internal error in gRPC %s", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+
+    return wrapper
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization":
+            return value
+    return None
+
+
+class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """The RPCs of SPEC 7 on one data plane (the one the HTTP routes use)."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+
+    # --- health and metadata ----------------------------------------------------------------
+    @_rpc
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    @_rpc
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.dp.ready() is None)
+
+    @_rpc
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version)
+                                     is None)
+
+    @_rpc
+    async def ServerMetadata(self, request, context):
+        meta = self.dp.server_metadata()
+        return pb.ServerMetadataResponse(name=meta["name"], version=meta["version"],
+                                         extensions=meta["extensions"])
+
+    @_rpc
+    async def ModelMetadata(self, request, context):
+        meta = self.dp.model_metadata(request.name, request.version)
+        tensors = [{k: t[k] for k in ("name", "datatype", "shape")} for t in meta["inputs"]]
+        outputs = [{k: t[k] for k in ("name", "datatype", "shape")} for t in meta["outputs"]]
+        return pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
+            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in tensors],
+            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in outputs])
+
+    @_rpc
+    async def ModelConfig(self, request, context):
+        config = json_format.ParseDict(self.dp.model_config(request.name, request.version),
+                                       model_config_pb2.ModelConfig())
+        return pb.ModelConfigResponse(config=config)
+
+    @_rpc
+    async def ModelStatistics(self, request, context):
+        return json_format.ParseDict(self.dp.statistics(request.name, request.version),
+                                     pb.ModelStatisticsResponse())
+
+    # --- model repository and logging ---------------------------------------------------
+    @_rpc
+    async def RepositoryIndex(self, request, context):
+        return pb.RepositoryIndexResponse(models=[
+            pb.RepositoryIndexResponse.ModelIndex(**m)
+            for m in self.dp.repository_index(request.ready)])
+
+    @_rpc
+    async def RepositoryModelLoad(self, request, context):
+        self.dp.control("load", request.model_name, _authorization(context))
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(self, request, context):
+        self.dp.control("unload", request.model_name, _authorization(context))
+        return pb.RepositoryModelUnloadResponse()
+
+    @_rpc
+    async def LogSettings(self, request, context):
+        if request.settings:
+            changes = {k: getattr(v, v.WhichOneof("parameter_choice"))
+                       for k, v in request.settings.items() if v.WhichOneof("parameter_choice")}
+            self.dp.logs.update(changes)
+        value = pb.LogSettingsResponse.SettingValue
+        settings = {k: value(bool_param=v) if isinstance(v, bool)
+                    else value(uint32_param=v) if isinstance(v, int) else value(string_param=v)
+                    for k, v in self.dp.logs.get().items()}
+        return pb.LogSettingsResponse(settings=settings)
+
+    # --- inference ----------------------------------------------------------------------
+    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        async def decode() -> InferCall:
+            return decode_request(request, self.dp.ctx.limits)
+
+        answer = await self.dp.infer(request.model_name, request.model_version or None, decode)
+        t0 = time.perf_counter()
+        response = encode_response(answer.model.name, answer.call, answer.output)
+        self.dp.done(answer, time.perf_counter() - t0)
+        return response
+
+    @_rpc
+    async def ModelInfer(self, request, context):
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext
+                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Requests of a stream run concurrently (they batch with each other and with every
+        other client); each answer, or its error, is sent as soon as it is ready, with the
+        request's ``id`` to match them. An error ends nothing but its own request."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                answers.put_nowait(pb.ModelStreamInferResponse(
+                    infer_response=await self._infer(request)))
+            except ApiError as exc:
+                answers.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=exc.message,
+                    infer_response=pb.ModelInferResponse(id=request.id,
+                                                         model_name=request.model_name)))
+            except Exception as exc:  # a bug: this request fails, the stream goes on
+                log.exception("internal error in gRPC ModelStreamInfer")
+                answers.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=f"internal error: {type(exc).__name__}"))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.gather(*running)
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:  # the client went away, or the stream ended: nothing is left running
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
