@@ -33,4 +33,5 @@ fi
 
 # exec: the server becomes PID 1, so `docker stop` / Kubernetes' SIGTERM reaches uvicorn
 # directly and it drains (stops accepting, finishes requests, flushes the batch queues).
-exec normserve serve --host 0.0.0.0 --port "${NORMSERVE_PORT:-8000}" "$@"
+exec normserve serve --host 0.0.0.0 --port "${NORMSERVE_PORT:-8000}" \
+    --grpc-port "${NORMSERVE_GRPC_PORT:-8001}" "$@"

@@ -106,12 +106,14 @@ say "build: $build_s s, image size: $size_mb MB"
 # --- run ---------------------------------------------------------------------------------------
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL=http://127.0.0.1:$PORT
+GRPC_PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 fail() { say "FAIL: $*"; pm logs "$name" 2>&1 | tail -30 || true; exit 1; }
 # start NAME [podman run options]: run detached, wait for readiness, set ready_s
 start() {
     name=$1; shift
     local t0; t0=$(now)
-    pm run -d --name "$name" -p "127.0.0.1:$PORT:8000" "$@" "$IMAGE" >/dev/null
+    pm run -d --name "$name" -p "127.0.0.1:$PORT:8000" -p "127.0.0.1:$GRPC_PORT:8001" "$@" \
+        "$IMAGE" >/dev/null
     "$PY" docker/smoke_client.py ready "$URL" 120 || fail "$name: not ready"
     ready_s=$(since "$t0")
 }
@@ -121,6 +123,8 @@ warm_s=$ready_s
 say "run -> ready, warm Numba cache (as built): $warm_s s"
 "$PY" docker/smoke_client.py infer "$URL" service/demo_repository/layer_norm_1024 \
     || fail "inference"
+"$PY" docker/smoke_client.py grpc "127.0.0.1:$GRPC_PORT" service/demo_repository/layer_norm_1024 \
+    || fail "gRPC health or inference"
 # The build-time cache was used, not rebuilt: the cache files are exactly as the image has them.
 # shellcheck disable=SC2016  # expanded inside the container
 listing='find "$NUMBA_CACHE_DIR" -type f -printf "%P %s %T@\n" | sort'

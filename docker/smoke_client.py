@@ -4,6 +4,8 @@
   smoke_client.py status URL               print the HTTP status of GET URL
   smoke_client.py infer URL MODEL_DIR      one v2 inference on a layer_norm model, checked
                                            against a float64 reference computed here
+  smoke_client.py grpc HOST:PORT MODEL_DIR the same over gRPC (tritonclient.grpc), after
+                                           checking the gRPC health service says SERVING
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def layer_norm_reference(x: np.ndarray, config: dict, params: dict) -> np.ndarra
     return y
 
 
-def infer(base: str, model_dir: str) -> int:
+def infer(base: str, model_dir: str, transport: str = "http") -> int:
     from safetensors.numpy import load_file
 
     folder = Path(model_dir)
@@ -64,23 +66,48 @@ def infer(base: str, model_dir: str) -> int:
     params = load_file(str(folder / "params.safetensors"))
     rng = np.random.default_rng(6)
     x = (3.0 + 2.0 * rng.standard_normal((4, *config["input_shape"]))).astype(np.float32)
-    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                        "data": x.ravel().tolist()}]}
-    req = urllib.request.Request(f"{base}/v2/models/{folder.name}/infer",
-                                 data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        answer = json.load(r)
-    out = answer["outputs"][0]
-    got = np.asarray(out["data"], dtype=np.float64).reshape(out["shape"])
+    if transport == "grpc":
+        name, shape, datatype, got = _grpc_infer(base, folder.name, x)
+    else:
+        name, shape, datatype, got = _http_infer(base, folder.name, x)
     want = layer_norm_reference(x, config, params)
     err = float(np.max(np.abs(got - want)))
     # float32 kernels against a float64 reference: a few float32 ulps at |y| ~ 1..4.
-    ok = out["name"] == "output" and out["datatype"] == "FP32" and got.shape == want.shape \
+    ok = name == "output" and datatype == "FP32" and list(shape) == list(want.shape) \
         and err <= 1e-5 * (1.0 + float(np.max(np.abs(want))))
-    print(f"inference {folder.name} {list(x.shape)}: max |error| vs float64 = {err:.2e} "
-          f"({'ok' if ok else 'MISMATCH'})")
+    print(f"{transport} inference {folder.name} {list(x.shape)}: max |error| vs float64 = "
+          f"{err:.2e} ({'ok' if ok else 'MISMATCH'})")
     return 0 if ok else 1
+
+
+def _http_infer(base: str, model: str, x: np.ndarray) -> tuple[str, list, str, np.ndarray]:
+    body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}
+    req = urllib.request.Request(f"{base}/v2/models/{model}/infer",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.load(r)["outputs"][0]
+    return out["name"], out["shape"], out["datatype"], np.asarray(
+        out["data"], dtype=np.float64).reshape(out["shape"])
+
+
+def _grpc_infer(target: str, model: str, x: np.ndarray) -> tuple[str, list, str, np.ndarray]:
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                          timeout=10)
+        if reply.status != health_pb2.HealthCheckResponse.SERVING:
+            raise SystemExit(f"gRPC health: {reply.status}, not SERVING")
+    client = grpcclient.InferenceServerClient(target)
+    inp = grpcclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer(model, [inp])
+    out = result.get_response().outputs[0]
+    return out.name, list(out.shape), out.datatype, result.as_numpy("output").astype(np.float64)
 
 
 def main(argv: list[str]) -> int:
@@ -89,8 +116,8 @@ def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "status":
         print(status(argv[1]))
         return 0
-    if len(argv) == 3 and argv[0] == "infer":
-        return infer(argv[1], argv[2])
+    if len(argv) == 3 and argv[0] in ("infer", "grpc"):
+        return infer(argv[1], argv[2], "grpc" if argv[0] == "grpc" else "http")
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -2,13 +2,28 @@
 
 Loading never unpickles: safetensors has no code path for it and ``.npz`` is read with
 ``allow_pickle=False``. Every error names the file and the field at fault.
+
+Writes into a repository are durable and all-or-nothing (SPEC 8), on any POSIX filesystem
+(NFS included, where there is no atomic directory exchange): a model is written whole into a
+hidden staging folder and synced; a journal entry naming the swap is synced; the folder in
+place, if any, is moved aside and the staging folder renamed into place; the journal entry
+goes. A crash at any point leaves either the old model or the new one: at start,
+``recover_repository`` rolls a journalled swap forward and deletes staging folders that never
+got one. Nothing a user put in the repository is erased: replaced and removed folders are
+moved to ``.removed/`` (the scanner ignores names starting with a dot).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import re
-from collections.abc import Mapping
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +137,141 @@ def load_model(folder: str | Path, device: str = "cpu") -> tuple[ModelConfig, Pr
 
 
 def save_model(folder: str | Path, config: Mapping[str, Any],
-               params: Mapping[str, np.ndarray]) -> Path:
-    """Write a model folder as a PyTorch user would: config.json + params.safetensors."""
-    from safetensors.numpy import save_file
+               params: Mapping[str, np.ndarray], sync: bool = False) -> Path:
+    """Write a model folder as a PyTorch user would: config.json + params.safetensors
+    (flushed to the disk before returning when ``sync``)."""
+    from safetensors.numpy import save
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2) + "\n")
     arrays = {k: np.ascontiguousarray(v) for k, v in params.items()}
-    save_file(arrays, str(folder / PARAM_FILES[0]))
+    for name, data in ((CONFIG_FILE, (json.dumps(dict(config), indent=2) + "\n").encode()),
+                       (PARAM_FILES[0], save(arrays))):
+        with open(folder / name, "wb") as fh:
+            fh.write(data)
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+    if sync:
+        _sync_dir(folder)
     return folder
+
+
+# --- durable changes to a repository ------------------------------------------------------
+REMOVED_DIR = ".removed"
+_STAGING = ".staging-"
+_JOURNAL = ".swap-"
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """One writer at a time per repository, across processes (workers, replicas on a shared
+    volume that supports locks): an exclusive ``flock`` on ``<root>/.lock``."""
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _aside(root: Path, name: str) -> Path:
+    """Where a replaced or removed folder goes: ``.removed/<name>.<UTC time>.<id>``."""
+    removed = root / REMOVED_DIR
+    removed.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return removed / f"{name}.{stamp}.{uuid.uuid4().hex[:8]}"
+
+
+def write_model(root: str | Path, name: str, config: Mapping[str, Any],
+                params: Mapping[str, np.ndarray]) -> Path:
+    """Put a model into the repository durably and all-or-nothing (see the module's doc);
+    an existing folder of that name is moved to ``.removed/``. OSError when the repository
+    cannot be written (read-only, full): then nothing has changed."""
+    root = Path(root)
+    if not valid_name(name):
+        raise ModelError(f"name: {name!r} must match {NAME_PATTERN.pattern}")
+    with _locked(root):
+        _write_locked(root, name, config, params)
+    return root / name
+
+
+def _write_locked(root: Path, name: str, config: Mapping[str, Any],
+                  params: Mapping[str, np.ndarray]) -> None:
+    staging = root / f"{_STAGING}{name}.{uuid.uuid4().hex}"
+    try:
+        save_model(staging, config, params, sync=True)
+        _sync_dir(root)
+        journal = root / f"{_JOURNAL}{name}"
+        with open(journal, "w") as fh:
+            fh.write(staging.name)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _sync_dir(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        (root / f"{_JOURNAL}{name}").unlink(missing_ok=True)
+        raise
+    _complete_swap(root, name, staging, journal)
+
+
+def _complete_swap(root: Path, name: str, staging: Path, journal: Path) -> None:
+    target = root / name
+    if target.exists():
+        os.rename(target, _aside(root, name))
+    os.rename(staging, target)
+    _sync_dir(root)
+    journal.unlink()
+    _sync_dir(root)
+
+
+def remove_model(root: str | Path, name: str) -> Path:
+    """Move a model folder out of the repository (to ``.removed/``), durably; its new path."""
+    root = Path(root)
+    target = root / name
+    with _locked(root):
+        if not valid_name(name) or not target.is_dir():
+            raise ModelError(f"name: no model folder {name!r} in {root}")
+        aside = _aside(root, name)
+        os.rename(target, aside)
+        _sync_dir(aside.parent)
+        _sync_dir(root)
+    return aside
+
+
+def recover_repository(root: str | Path) -> list[str]:
+    """Finish or undo what a crash interrupted; what it did, one line each. A journalled swap
+    (its staging folder complete and synced) is rolled forward; a staging folder without a
+    journal entry was never acknowledged and is deleted."""
+    root = Path(root)
+    with _locked(root):
+        return _recover_locked(root)
+
+
+def _recover_locked(root: Path) -> list[str]:
+    done = []
+    for journal in sorted(root.glob(f"{_JOURNAL}*")):
+        name = journal.name.removeprefix(_JOURNAL)
+        staging = root / journal.read_text().strip()
+        if staging.parent == root and staging.name.startswith(_STAGING) and staging.is_dir():
+            _complete_swap(root, name, staging, journal)
+            done.append(f"{name}: completed an interrupted replacement")
+        else:  # the staging folder is gone: the swap finished before the crash
+            journal.unlink()
+            done.append(f"{name}: removed a finished swap's journal entry")
+    for staging in sorted(root.glob(f"{_STAGING}*")):
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            done.append(f"{staging.name}: deleted an unacknowledged partial write")
+    return done
 
 
 def scan_repository(root: str | Path) -> tuple[list[Path], list[str]]:

@@ -43,6 +43,7 @@ class _Pending:
     key: tuple
     future: asyncio.Future
     enqueued: float
+    out: np.ndarray | None = None  # where the caller wants its rows (shared memory)
     timing: Timing = field(default_factory=Timing)
 
     @property
@@ -90,17 +91,22 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def submit(self, x: np.ndarray, timeout_s: float) -> tuple[np.ndarray, Timing]:
+    async def submit(self, x: np.ndarray, timeout_s: float, out: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, Timing]:
         """This request's output rows, after batching; QueueFull, Closed or asyncio.TimeoutError.
 
-        The timeout is a timer on the request's own future (no extra task per request).
+        With ``out`` (C-contiguous, the output's shape and dtype) the rows are written there
+        and ``out`` is returned: a request alone in its batch has the kernel write into it
+        directly. The timeout is a timer on the request's own future (no extra task per
+        request).
         """
         if self._closing:
             raise Closed
         if len(self._queue) >= self.max_queue_size:
             raise QueueFull
         loop = asyncio.get_running_loop()
-        item = _Pending(x, (x.dtype, x.shape[1:]), loop.create_future(), time.perf_counter())
+        item = _Pending(x, (x.dtype, x.shape[1:]), loop.create_future(), time.perf_counter(),
+                        out)
         self._queue.append(item)
         self._wake_loop()
         timer = loop.call_later(timeout_s, self._expire, item)
@@ -218,13 +224,14 @@ class Batcher:
             return
         start = time.perf_counter()
         xs = [p.x for p in live]
+        targets = [p.out for p in live]
         try:
             rows = sum(x.shape[0] for x in xs)
             if self.layer.work((rows, *xs[0].shape[1:])) <= INLINE_MAX_WORK:
-                outs, compute_s = _compute(self.layer, xs)
+                outs, compute_s = _compute(self.layer, xs, targets)
             else:
                 outs, compute_s = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, _compute, self.layer, xs)
+                    self.executor, _compute, self.layer, xs, targets)
         except Exception as exc:  # a kernel failure fails this batch only
             for p in live:
                 if not p.future.done():
@@ -241,8 +248,10 @@ class Batcher:
                 p.future.set_result(out)
 
 
-def _compute(layer: PreparedLayer, xs: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-    """Join the inputs into one batch buffer (the one copy), apply, return per-request views."""
+def _compute(layer: PreparedLayer, xs: list[np.ndarray], targets: list[np.ndarray | None]
+             ) -> tuple[list[np.ndarray], float]:
+    """Join the inputs into one batch buffer (the one copy), apply, return per-request views
+    (or the requests' own targets, filled)."""
     t0 = time.perf_counter()
     if len(xs) == 1 and _usable(xs[0]):
         x = xs[0]
@@ -253,11 +262,18 @@ def _compute(layer: PreparedLayer, xs: list[np.ndarray]) -> tuple[list[np.ndarra
         for a in xs:
             x[at:at + a.shape[0]] = a
             at += a.shape[0]
+    if len(xs) == 1 and targets[0] is not None:  # alone: the kernel writes the target itself
+        layer.apply(x, out=targets[0])
+        return [targets[0]], time.perf_counter() - t0
     out = POOL.empty(layer.output_shape(x.shape), x.dtype)
     layer.apply(x, out=out)
     outs, at = [], 0
-    for a in xs:
-        outs.append(out[at:at + a.shape[0]])
+    for a, target in zip(xs, targets, strict=True):
+        rows = out[at:at + a.shape[0]]
+        if target is not None:
+            np.copyto(target, rows)
+            rows = target
+        outs.append(rows)
         at += a.shape[0]
     return outs, time.perf_counter() - t0
 

@@ -18,6 +18,7 @@ from normserve.kernels.dtypes import DATATYPES, datatype_name
 
 from .errors import ApiError
 from .schemas import InferenceRequest, Tensor, validate
+from .shared_memory import SharedMemory
 
 HEADER_LENGTH = "inference-header-content-length"
 SUPPORTED = ", ".join(DATATYPES)
@@ -42,6 +43,33 @@ class InferCall:
     model_name: str | None = None  # as the body names it (kserve's clients send it)
     model_version: str | None = None
     field: str = "inputs[0]"  # where the input sits in the request, for error messages
+    #: The shared-memory bytes the output goes to, and the client's parameters naming them
+    #: (echoed in the answer), when the client asked for that.
+    output_region: memoryview | None = None
+    output_params: dict[str, Any] | None = None
+
+
+def shm_input(shm: SharedMemory, params: dict[str, Any], dtype: np.dtype, shape: list[int],
+              count: int, field: str) -> np.ndarray | None:
+    """The input a tensor's ``shared_memory_*`` parameters name, as a view of the mapped
+    region (no copy), or None when it names no region."""
+    view = shm.view(params, field)
+    if view is None:
+        return None
+    if len(view) != count * dtype.itemsize:
+        raise ApiError(400, f"{field}.parameters.shared_memory_byte_size: {len(view)} bytes, "
+                            f"but shape {shape} of {datatype_name(dtype)} needs "
+                            f"{count * dtype.itemsize}")
+    return np.frombuffer(view, dtype=dtype, count=count).reshape(shape)
+
+
+def shm_output(shm: SharedMemory, params: dict[str, Any] | None, field: str
+               ) -> tuple[memoryview | None, dict[str, Any] | None]:
+    """The region an output is to be written to, and the parameters that named it."""
+    view = shm.view(params or {}, field)
+    if view is None:
+        return None, None
+    return view, {k: v for k, v in params.items() if k.startswith("shared_memory_")}
 
 
 def dtype_of(datatype: str, field: str) -> np.dtype:
@@ -114,7 +142,8 @@ def _flag(params: dict[str, Any] | None, name: str, field: str) -> bool | None:
     return value
 
 
-def decode_infer(body: bytes, header_length: str | None, limits: Limits) -> InferCall:
+def decode_infer(body: bytes, header_length: str | None, limits: Limits,
+                 shm: SharedMemory) -> InferCall:
     """Parse an infer body (JSON, or JSON header + binary section) into an ``InferCall``."""
     head, binary = _split(body, header_length)
     try:
@@ -128,7 +157,11 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits) -> Infe
     dtype = dtype_of(spec.datatype, f"{field}.datatype")
     count = check_shape(spec.shape, limits, f"{field}.shape")
     size = (spec.parameters or {}).get("binary_data_size")
-    if size is not None:
+    array = shm_input(shm, spec.parameters or {}, dtype, spec.shape, count, field)
+    if array is not None:
+        if spec.data is not None or size is not None or len(binary):
+            raise ApiError(400, f"{field}: give a shared memory region or data, not both")
+    elif size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ApiError(400, f"{field}.parameters.binary_data_size: must be an integer >= 0")
         if spec.data is not None:
@@ -148,13 +181,15 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits) -> Infe
         array = json_array(spec.data, spec.shape, dtype, count, f"{field}.data")
     binary_out = _flag(req.parameters, "binary_data_output", "parameters") or False
     check_outputs([out.name for out in req.outputs or ()])
+    region = region_params = None
     for i, out in enumerate(req.outputs or ()):
         flag = _flag(out.parameters, "binary_data", f"outputs[{i}].parameters")
         if flag is not None:
             binary_out = flag
+        region, region_params = shm_output(shm, out.parameters, f"outputs[{i}]")
     return InferCall(req.id, spec.name, array, binary_out,
                      timeout_param((req.parameters or {}).get("timeout")),
-                     req.model_name, req.model_version)
+                     req.model_name, req.model_version, field, region, region_params)
 
 
 def check_one_input(names: list[str]) -> None:
@@ -194,6 +229,9 @@ def encode_infer(model: str, call: InferCall,
         head["id"] = call.request_id
     output: dict[str, Any] = {"name": "output", "datatype": datatype, "shape": list(out.shape)}
     head["outputs"] = [output]
+    if call.output_params is not None:  # the data is in the client's shared memory already
+        output["parameters"] = {**call.output_params, "shared_memory_byte_size": out.nbytes}
+        return [orjson.dumps(head)], {"content-type": "application/json"}
     if call.binary_output:
         # A view, not a copy: it keeps the (pooled) batch output alive until it is sent.
         raw = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))

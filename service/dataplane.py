@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from normserve.kernels.dtypes import datatype_name
 
 from . import __version__
 from .admin import check_admin
@@ -27,6 +30,7 @@ from .errors import ApiError
 from .log_settings import LogSettings
 from .model_config import triton_config
 from .registry import Model
+from .shared_memory import SharedMemory
 
 log = logging.getLogger("normserve")
 
@@ -54,6 +58,7 @@ class DataPlane:
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx  # context.Context: settings, limits, metrics, registry, executor
         self.logs = LogSettings()
+        self.shm = SharedMemory(ctx.settings.allow_shared_memory)
 
     # --- health and metadata ----------------------------------------------------------------
     def ready(self) -> str | None:
@@ -67,7 +72,8 @@ class DataPlane:
         return None
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "normserve", "version": __version__, "extensions": EXTENSIONS}
+        shm = ["system_shared_memory"] if self.shm.allowed else []
+        return {"name": "normserve", "version": __version__, "extensions": EXTENSIONS + shm}
 
     def model(self, name: str, version: str | None = None) -> Model:
         """The served model ``name``, or a 404 (unknown model, or a version not served)."""
@@ -93,8 +99,11 @@ class DataPlane:
         models = [self.model(name, version)] if name else self.ctx.registry.models.values()
         return {"model_stats": [m.stats.as_dict() for m in models]}
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        """The repository's models as Triton lists them: served ones and skipped folders."""
+    def repository_index(self, ready_only: bool, authorization: str | None
+                         ) -> list[dict[str, Any]]:
+        """The repository's models as Triton lists them: served ones and skipped folders.
+        Admin only (SPEC 8): it names folders that are not served, and why."""
+        check_admin(authorization, self.ctx.settings)
         registry = self.ctx.registry
         index = [{"name": m.name, "version": VERSION,
                   "state": "READY" if m.ready else "LOADING", "reason": ""}
@@ -126,9 +135,10 @@ class DataPlane:
             decode_s = time.perf_counter() - start
             _check_names(call, name, version)
             model.check_input(call.array.shape, call.field + ".shape")
+            target = _output_target(model, call)
             settings = self.ctx.settings
             timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
-            out, timing = await self._submit(model, call.array, timeout)
+            out, timing = await self._submit(model, call.array, timeout, target)
         except ApiError as exc:
             self.ctx.metrics.observe_failure(name, exc.reason or "BAD_REQUEST")
             model.stats.failure(time.perf_counter() - start)
@@ -143,11 +153,11 @@ class DataPlane:
         answer.model.stats.success(total, answer.decode_s, t.queue_s, t.compute_s, encode_s)
 
     @staticmethod
-    async def _submit(model: Model, x: np.ndarray, timeout: float
+    async def _submit(model: Model, x: np.ndarray, timeout: float, out: np.ndarray | None
                       ) -> tuple[np.ndarray, Timing]:
         name = model.name
         try:
-            return await model.batcher.submit(x, timeout)
+            return await model.batcher.submit(x, timeout, out)
         except QueueFull:
             raise ApiError(503, f"model {name!r}: queue is full "
                                 f"({model.batcher.max_queue_size} requests); retry later",
@@ -159,6 +169,21 @@ class DataPlane:
         except Closed:
             raise ApiError(503, f"model {name!r}: is being removed or the server is shutting "
                                 "down", {"Retry-After": "1"}, reason="UNAVAILABLE") from None
+
+
+def _output_target(model: Model, call: InferCall) -> np.ndarray | None:
+    """The array over the client's shared-memory output region that the batch writes this
+    request's rows into, or None (a 400 when the region is too small)."""
+    if call.output_region is None:
+        return None
+    shape = model.layer.output_shape(call.array.shape)
+    dtype = call.array.dtype
+    need = math.prod(shape) * dtype.itemsize
+    if len(call.output_region) < need:
+        raise ApiError(400, f"outputs[0].parameters.shared_memory_byte_size: "
+                            f"{len(call.output_region)} bytes, but the output {list(shape)} of "
+                            f"{datatype_name(dtype)} needs {need}")
+    return np.frombuffer(call.output_region, dtype, math.prod(shape)).reshape(shape)
 
 
 def _check_names(call: InferCall, name: str, version: str | None) -> None:

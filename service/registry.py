@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from normserve.kernels import ModelConfig, PreparedLayer
-from normserve.kernels.repository import ModelError, load_model, scan_repository
+from normserve.kernels.repository import (
+    ModelError,
+    load_model,
+    recover_repository,
+    remove_model,
+    scan_repository,
+    write_model,
+)
 
 from .batcher import Batcher
 from .errors import ApiError
@@ -87,6 +94,7 @@ class Registry:
         self.metrics = metrics
         self.models: dict[str, Model] = {}
         self.errors: dict[str, str] = {}  # folder name -> why it was skipped
+        self._locks: dict[str, asyncio.Lock] = {}  # one change of a name at a time
 
     @property
     def root(self) -> Path:
@@ -94,7 +102,14 @@ class Registry:
         return Path(repo) if repo else DEMO_REPOSITORY
 
     def load_repository(self) -> None:
-        """Load every valid folder; report and skip the rest."""
+        """Finish what a crash interrupted, then load every valid folder; report and skip
+        the rest."""
+        if self.settings.model_repository is not None:
+            try:
+                for line in recover_repository(self.root):
+                    log.warning("model repository %s: %s", self.root, line)
+            except OSError as exc:  # a read-only repository has nothing of ours to finish
+                log.info("model repository %s: no recovery (%s)", self.root, exc.strerror)
         folders, skipped = scan_repository(self.root)
         for name in skipped:
             self.errors[name] = "name must match [A-Za-z0-9_.-]{1,64}"
@@ -135,6 +150,44 @@ class Registry:
         self.errors.pop(name, None)
         self.metrics.pending.labels(name, "1").set_function(lambda: model.batcher.depth)
         return model, old
+
+    def _writable_root(self) -> Path:
+        if self.settings.model_repository is None:
+            raise ApiError(409, "repository: the built-in demo repository cannot be changed; "
+                                "start the server with --model-repository DIR to register "
+                                "models")
+        return self.root
+
+    def _name_lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
+
+    async def register(self, name: str, config: ModelConfig, params: dict[str, Any],
+                       layer: PreparedLayer) -> tuple[Model, Model | None]:
+        """Write the model into the repository (durable before this returns), then serve it;
+        a 507 naming the cause when the repository cannot be written (nothing changes)."""
+        root = self._writable_root()
+        async with self._name_lock(name):
+            try:
+                await asyncio.to_thread(write_model, root, name,
+                                        config.model_dump(exclude_none=True), params)
+            except OSError as exc:
+                raise ApiError(507, f"repository: cannot write model {name!r} into {root} "
+                                    f"({exc.strerror or exc}); nothing was changed") from None
+            return self.add(name, config, layer)
+
+    async def unregister(self, name: str) -> Model:
+        """Move the model's folder out of the repository (durable), then stop serving it."""
+        root = self._writable_root()
+        async with self._name_lock(name):
+            self.get(name)
+            try:
+                await asyncio.to_thread(remove_model, root, name)
+            except ModelError:
+                pass  # served, but its folder is already gone: nothing to move
+            except OSError as exc:
+                raise ApiError(507, f"repository: cannot remove model {name!r} from {root} "
+                                    f"({exc.strerror or exc}); nothing was changed") from None
+            return self.remove(name)
 
     def remove(self, name: str) -> Model | None:
         model = self.models.pop(name, None)

@@ -109,7 +109,7 @@ async def register(name: str, request: Request) -> OrjsonResponse:
         layer = await _run(ctx, _build, config, params, ctx.settings.device, name)
     except ModelError as exc:
         raise ApiError(400, str(exc)) from None
-    model, old = ctx.registry.add(name, config, layer)
+    model, old = await ctx.registry.register(name, config, params, layer)
     model.ready = True
     model.batcher.start()
     if old is not None:
@@ -122,8 +122,7 @@ async def register(name: str, request: Request) -> OrjsonResponse:
 async def unregister(name: str, request: Request) -> dict:
     ctx = ctx_of(request)
     require_admin(request, ctx.settings)
-    ctx.registry.get(name)
-    model = ctx.registry.remove(name)
+    model = await ctx.registry.unregister(name)
     if model is not None:
         await model.batcher.close()
     return {"deleted": name}

@@ -98,7 +98,7 @@ async def repository_index(request: Request) -> list:
     ready = body.get("ready", False) if isinstance(body, dict) else None
     if not isinstance(ready, bool):
         raise ApiError(400, "ready: must be true or false")
-    return _dp(request).repository_index(ready)
+    return _dp(request).repository_index(ready, request.headers.get("authorization"))
 
 
 @router.post("/v2/repository/models/{name}/load")
@@ -110,6 +110,38 @@ async def repository_load(name: str, request: Request) -> dict:
 @router.post("/v2/repository/models/{name}/unload")
 async def repository_unload(name: str, request: Request) -> dict:
     _dp(request).control("unload", name, request.headers.get("authorization"))
+    return {}
+
+
+@router.get("/v2/systemsharedmemory/status")
+async def shm_status(request: Request) -> list:
+    return _dp(request).shm.status()
+
+
+@router.get("/v2/systemsharedmemory/region/{region}/status")
+async def shm_region_status(region: str, request: Request) -> list:
+    return _dp(request).shm.status(region)
+
+
+@router.post("/v2/systemsharedmemory/region/{region}/register")
+async def shm_register(region: str, request: Request) -> dict:
+    body = await json_body(request, ctx_of(request).settings)
+    if not isinstance(body, dict):
+        raise ApiError(400, "body: must be a JSON object with key, offset and byte_size")
+    _dp(request).shm.register(region, body.get("key"), body.get("offset", 0),
+                              body.get("byte_size"))
+    return {}
+
+
+@router.post("/v2/systemsharedmemory/region/{region}/unregister")
+async def shm_unregister(region: str, request: Request) -> dict:
+    _dp(request).shm.unregister(region)
+    return {}
+
+
+@router.post("/v2/systemsharedmemory/unregister")
+async def shm_unregister_all(request: Request) -> dict:
+    _dp(request).shm.unregister()
     return {}
 
 
@@ -147,7 +179,8 @@ async def infer_request(request: Request, name: str, version: str | None = None
     async def decode() -> InferCall:
         body = await read_body_within(request, settings.max_body_bytes,
                                       settings.request_timeout)
-        return decode_infer(body, request.headers.get(HEADER_LENGTH), ctx.limits)
+        return decode_infer(body, request.headers.get(HEADER_LENGTH), ctx.limits,
+                            ctx.dataplane.shm)
 
     answer = await ctx.dataplane.infer(name, version, decode)
     t0 = time.perf_counter()

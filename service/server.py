@@ -45,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tensor-elements", type=_positive(int), default=16 * 1024 * 1024)
     p.add_argument("--request-timeout", type=_positive(float), default=30.0,
                    help="seconds a request may take, queueing included")
+    p.add_argument("--request-header-timeout", type=_positive(float), default=10.0, metavar="S",
+                   help="HTTP: seconds a connection has to deliver a request's line and headers "
+                        "(from its opening, or from the first byte of a later request); the "
+                        "body then has --request-timeout; past either: 408 (or, if nothing "
+                        "came, a close). gRPC: seconds for a connection's HTTP/2 handshake")
+    p.add_argument("--max-connections", type=_positive(int), default=4096, metavar="N",
+                   help="open connections per worker process, for each transport; past it a "
+                        "new HTTP connection gets 503 with Retry-After, a new gRPC connection "
+                        "is closed")
+    p.add_argument("--grpc-max-concurrent-rpcs", type=_positive(int), default=4096, metavar="N",
+                   help="gRPC RPCs in progress per worker process; past it: RESOURCE_EXHAUSTED")
+    p.add_argument("--grpc-idle-timeout", type=_positive(float), default=300.0, metavar="S",
+                   help="seconds a gRPC connection may go without an RPC before the server "
+                        "closes it (GOAWAY; clients reconnect when they next call)")
     p.add_argument("--batch-wait", choices=["adaptive", "deadline"], default="adaptive",
                    help="adaptive: run a batch once requests stop arriving, waiting at most "
                         "max_queue_delay_us; deadline: always wait max_queue_delay_us")
@@ -56,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override every model's max_queue_delay_us")
     p.add_argument("--max-queue-size", type=_positive(int),
                    help="override every model's max_queue_size")
+    p.add_argument("--allow-shared-memory", action="store_true",
+                   help="serve Triton's system shared memory extension: clients on this host "
+                        "may then have the server map POSIX shared-memory objects they name "
+                        "(off by default: a remote client must not choose what is mapped)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip compiling kernels at start (first requests pay for it)")
     p.add_argument("--log-level", default="info",
@@ -71,10 +89,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
         device=args.device, admin_token=args.admin_token or None,
         max_body_bytes=args.max_body_bytes, max_tensor_elements=args.max_tensor_elements,
         request_timeout=args.request_timeout, batching=not args.no_batching,
+        request_header_timeout=args.request_header_timeout,
+        max_connections=args.max_connections,
+        grpc_max_concurrent_rpcs=args.grpc_max_concurrent_rpcs,
+        grpc_idle_timeout=args.grpc_idle_timeout,
         batch_wait=args.batch_wait,
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup,
-        host=args.host, grpc_port=args.grpc_port)
+        host=args.host, grpc_port=args.grpc_port, allow_shared_memory=args.allow_shared_memory)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.model_repository and not Path(args.model_repository).is_dir():
         print(f"normserve serve: --model-repository {args.model_repository}: not a directory",
               file=sys.stderr)
+        return 2
+    if args.allow_shared_memory and args.workers > 1:
+        print("normserve serve: --allow-shared-memory needs --workers 1 (regions are registered "
+              "in one process)", file=sys.stderr)
         return 2
     if not 0 <= args.grpc_port <= 65535:
         print("normserve serve: --grpc-port: must be a port number, or 0 for no gRPC",
@@ -114,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     uvicorn.run("normserve.service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 access_log=args.access_log, timeout_graceful_shutdown=None,
+                # request deadlines and a bound on connections (connections.py)
+                http="normserve.service.connections:HttpProtocol",
                 server_header=False)
     return 0
 

@@ -25,6 +25,12 @@ class Settings:
     max_tensor_elements: int = 16 * 1024 * 1024
     max_rank: int = 8
     request_timeout: float = 30.0  # seconds a request may wait for its result
+    # Connections (per server process; see connections.py and grpc/server.py):
+    request_header_timeout: float = 10.0  # seconds for a request line + headers (HTTP), and
+    #   for a gRPC connection's HTTP/2 handshake; an HTTP body then has request_timeout
+    max_connections: int = 4096  # open connections per transport; past it: 503 / closed
+    grpc_max_concurrent_rpcs: int = 4096  # RPCs in progress; past it: RESOURCE_EXHAUSTED
+    grpc_idle_timeout: float = 300.0  # seconds a gRPC connection may carry no RPC (GOAWAY)
     batching: bool = True  # False: every request runs alone (for comparisons)
     # "adaptive": close a batch as soon as requests stop arriving (max_queue_delay_us is the
     # cap); "deadline": always wait max_queue_delay_us for a fuller batch (Triton's way).
@@ -36,6 +42,7 @@ class Settings:
     warmup: bool = True
     host: str = "127.0.0.1"  # the address both transports listen on
     grpc_port: int = 8001  # 0: no gRPC
+    allow_shared_memory: bool = False  # Triton's system shared memory extension
 
     def to_env(self) -> str:
         return orjson.dumps(asdict(self)).decode()

@@ -66,7 +66,7 @@ def test_dockerfile_essentials(dockerfile: Path) -> None:
     assert {"USER", "EXPOSE", "HEALTHCHECK", "ENTRYPOINT"} <= words
     user = [args for word, args in runtime if word == "USER"][-1]
     assert user not in ("root", "0"), "the server must not run as root"
-    assert [args for word, args in runtime if word == "EXPOSE"] == ["8000"]
+    assert [args for word, args in runtime if word == "EXPOSE"] == ["8000 8001"]  # HTTP, gRPC
     health = next(args for word, args in runtime if word == "HEALTHCHECK")
     assert "healthcheck.py" in health
     assert "/v2/health/ready" in (DOCKER / "healthcheck.py").read_text()
@@ -97,6 +97,7 @@ def test_entrypoint_serves_models_or_demo() -> None:
     assert os.access(script, os.X_OK), "COPY keeps the mode: the script must be executable"
     text = script.read_text()
     assert "exec normserve serve" in text and "--host 0.0.0.0" in text
+    assert '--grpc-port "${NORMSERVE_GRPC_PORT:-8001}"' in text
     assert "/models" in text and "--model-repository" in text
     run = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -117,6 +118,7 @@ def test_compose_file_essentials() -> None:
     assert svc["build"]["dockerfile"] == "docker/Dockerfile"
     assert (DOCKER / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
     assert any(str(p).endswith(":8000") for p in svc["ports"])
+    assert any(str(p).endswith(":8001") for p in svc["ports"])
     assert any(str(v).split(":")[1] == "/models" for v in svc["volumes"])
     assert "stop_grace_period" in svc
 
@@ -141,8 +143,12 @@ def test_deployment_probes_and_resources() -> None:
     kube = _kube()
     pod = kube["Deployment"]["spec"]["template"]["spec"]
     (c,) = pod["containers"]
-    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Readiness through grpc.health.v1 on the gRPC port; liveness and start-up over HTTP.
+    assert c["readinessProbe"]["grpc"]["port"] == 8001
+    assert c["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {("http", 8000),
+                                                                     ("grpc", 8001)}
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     # Numba's thread pool follows the CPU limit, not the node's core count.
@@ -154,7 +160,7 @@ def test_deployment_probes_and_resources() -> None:
     labels = kube["Deployment"]["spec"]["template"]["metadata"]["labels"]
     assert kube["Service"]["spec"]["selector"].items() <= labels.items()
     ports = {p["name"] for p in c["ports"]}
-    assert kube["Service"]["spec"]["ports"][0]["targetPort"] in ports
+    assert {p["targetPort"] for p in kube["Service"]["spec"]["ports"]} == ports
 
 
 # --- KServe ------------------------------------------------------------------------------------
@@ -172,6 +178,20 @@ def test_kserve_custom_predictor() -> None:
     assert c["ports"][0]["containerPort"] == 8000
     assert {e["name"]: e.get("value") for e in c["env"]}["NORMSERVE_MODEL_REPOSITORY"] == \
         "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"},
+           "spec": {"containers": predictor["containers"]}}
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_kserve_grpc_predictor() -> None:
+    import kubernetes_validate
+
+    (isvc,) = _docs(KSERVE / "inferenceservice-grpc.yaml")
+    predictor = isvc["spec"]["predictor"]
+    (c,) = predictor["containers"]
+    # KServe routes the one port of a predictor container; named h2c, it is a gRPC route.
+    assert c["ports"] == [{"name": "h2c", "containerPort": 8001, "protocol": "TCP"}]
+    assert c["readinessProbe"]["grpc"]["port"] == 8001
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"},
            "spec": {"containers": predictor["containers"]}}
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)

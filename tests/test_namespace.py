@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PROBE = """
@@ -32,3 +34,15 @@ def test_normserve_namespace_and_no_top_level_packages(tmp_path):
     assert got["layer_norm"] is True
     assert {"layer_norm", "prepare", "KINDS", "kernels", "export", "service"} <= set(got["api"])
     assert got["version"] == got["service"] != "0+unknown"
+
+
+def test_every_source_package_is_installed():
+    """pyproject lists packages explicitly (the folders map into ``normserve``): a new
+    subpackage missing from the list imports here (editable install) but not from a wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {"normserve." + ".".join(init.parent.relative_to(ROOT).parts)
+             for top in ("kernels", "export", "service")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

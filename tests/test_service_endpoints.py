@@ -4,6 +4,7 @@ metrics, a repository with broken models, several workers and the CLI's own chec
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from service_helpers import (
+    DEMO,
     ROOT,
     SAMPLE_SHAPES,
     assert_matches_reference,
@@ -33,8 +35,12 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_server(env={"NORMSERVE_ADMIN_TOKEN": TOKEN}) as srv:
+def server(tmp_path_factory):
+    """The demo models in a writable repository of the test's own (registration writes)."""
+    repo = tmp_path_factory.mktemp("repo") / "models"
+    shutil.copytree(DEMO, repo)
+    with running_server("--model-repository", str(repo),
+                        env={"NORMSERVE_ADMIN_TOKEN": TOKEN}) as srv:
         yield srv
 
 

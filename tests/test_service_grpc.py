@@ -85,7 +85,11 @@ def test_health_metadata_config_and_index(client, server):
                 over_http[key]
         config = client.get_model_config(name, as_json=True)["config"]
         check_triton_config(config, name)
-    index = client.get_model_repository_index(as_json=True)["models"]
+    with pytest.raises(InferenceServerException) as err:  # admin only (SPEC 8)
+        client.get_model_repository_index()
+    assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+    index = client.get_model_repository_index(
+        headers={"authorization": f"Bearer {TOKEN}"}, as_json=True)["models"]
     assert sorted(m["name"] for m in index) == KINDS
     assert all(m["state"] == "READY" for m in index)
 
@@ -394,3 +398,45 @@ def test_http_and_grpc_clients_share_one_model(server):
         for f in futures:
             f.result()
     assert not failures, failures[:5]
+
+
+# --- lifecycle --------------------------------------------------------------------------------
+def test_sigterm_drains_grpc_requests_in_flight():
+    srv = running_server("--max-queue-delay-us", "200000", "--batch-wait", "deadline")
+    server = srv.__enter__()
+    try:
+        layer = local_layer(LN)
+        xs = [sample_input(LN, 1, "FP32", seed=300 + i) for i in range(16)]
+
+        async def main() -> list[np.ndarray]:
+            async with aioclient.InferenceServerClient(server.grpc_url) as c:
+                async def one(x: np.ndarray) -> np.ndarray:
+                    inp = aioclient.InferInput("input", list(x.shape), "FP32")
+                    inp.set_data_from_numpy(x)
+                    return (await c.infer(LN, [inp])).as_numpy("output")
+
+                tasks = [asyncio.create_task(one(x)) for x in xs]
+                await asyncio.sleep(0.1)  # queued: the batch waits up to 200 ms for company
+                server.terminate()
+                return await asyncio.gather(*tasks)
+
+        for x, y in zip(xs, asyncio.run(main()), strict=True):
+            assert y.tobytes() == layer.apply(x).tobytes()
+        assert server.proc.wait(60) == 0
+    finally:
+        srv.__exit__(None, None, None)
+
+
+def test_workers_share_the_grpc_port():
+    with running_server("--workers", "2") as server:
+        layer = local_layer(LN)
+        for i in range(20):  # fresh channels: the kernel spreads connections across workers
+            c = grpcclient.InferenceServerClient(server.grpc_url)
+            x = sample_input(LN, 1, "FP32", seed=400 + i)
+            assert c.infer(LN, [_input(x, "FP32")]).as_numpy("output").tobytes() == \
+                layer.apply(x).tobytes()
+            c.close()
+        # A second server may not share the port (only one server's workers do).
+        with pytest.raises(RuntimeError, match="gRPC: cannot listen on"), \
+                running_server("--grpc-port", str(server.grpc_port)):
+            pass

@@ -22,9 +22,12 @@ from ..codec import (
     check_outputs,
     check_shape,
     dtype_of,
+    shm_input,
+    shm_output,
     timeout_param,
 )
 from ..errors import ApiError
+from ..shared_memory import SharedMemory
 
 #: The typed ``contents`` field of each datatype that has one.
 CONTENTS_FIELD = {"FP32": "fp32_contents", "FP64": "fp64_contents"}
@@ -36,7 +39,13 @@ def parameter(value: service_pb2.InferParameter) -> Any:
     return None if which is None else getattr(value, which)
 
 
-def decode_request(req: service_pb2.ModelInferRequest, limits: Limits) -> InferCall:
+def parameters(params: Any) -> dict[str, Any]:
+    """A protobuf ``parameters`` map as a dict of Python values."""
+    return {k: parameter(v) for k, v in params.items()}
+
+
+def decode_request(req: service_pb2.ModelInferRequest, limits: Limits,
+                   shm: SharedMemory) -> InferCall:
     """A ``ModelInferRequest`` as an ``InferCall``, or a 400 naming the field at fault."""
     check_one_input([t.name for t in req.inputs])
     spec = req.inputs[0]
@@ -46,7 +55,11 @@ def decode_request(req: service_pb2.ModelInferRequest, limits: Limits) -> InferC
     count = check_shape(shape, limits, f"{field}.shape")
     nbytes = count * dtype.itemsize
     has_contents = spec.HasField("contents")
-    if req.raw_input_contents:
+    array = shm_input(shm, parameters(spec.parameters), dtype, shape, count, field)
+    if array is not None:
+        if has_contents or req.raw_input_contents:
+            raise ApiError(400, f"{field}: give a shared memory region or data, not both")
+    elif req.raw_input_contents:
         if len(req.raw_input_contents) != len(req.inputs):
             raise ApiError(400, f"raw_input_contents: {len(req.raw_input_contents)} entries "
                                 f"for {len(req.inputs)} input")
@@ -62,9 +75,12 @@ def decode_request(req: service_pb2.ModelInferRequest, limits: Limits) -> InferC
     else:
         raise ApiError(400, f"{field}: no data (give contents or raw_input_contents)")
     check_outputs([o.name for o in req.outputs])
+    region = region_params = None
+    for i, out in enumerate(req.outputs):
+        region, region_params = shm_output(shm, parameters(out.parameters), f"outputs[{i}]")
     timeout = parameter(req.parameters["timeout"]) if "timeout" in req.parameters else None
     return InferCall(req.id or None, spec.name, array, True, timeout_param(timeout),
-                     req.model_name, req.model_version or None, field)
+                     req.model_name, req.model_version or None, field, region, region_params)
 
 
 def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],
@@ -86,9 +102,19 @@ def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int
 
 def encode_response(model: str, call: InferCall, out: np.ndarray
                     ) -> service_pb2.ModelInferResponse:
-    """The answer: the output's metadata and its bytes in ``raw_output_contents``."""
-    return service_pb2.ModelInferResponse(
-        model_name=model, model_version="1", id=call.request_id or "",
-        outputs=[service_pb2.ModelInferResponse.InferOutputTensor(
-            name="output", datatype=datatype_name(out.dtype), shape=out.shape)],
-        raw_output_contents=[np.ascontiguousarray(out).tobytes()])
+    """The answer: the output's metadata and its bytes in ``raw_output_contents`` (or, for
+    an output written to shared memory, the region's parameters and no bytes)."""
+    tensor = service_pb2.ModelInferResponse.InferOutputTensor(
+        name="output", datatype=datatype_name(out.dtype), shape=out.shape)
+    response = service_pb2.ModelInferResponse(model_name=model, model_version="1",
+                                              id=call.request_id or "", outputs=[tensor])
+    if call.output_params is None:
+        response.raw_output_contents.append(np.ascontiguousarray(out).tobytes())
+        return response
+    params = response.outputs[0].parameters  # the message's copy of ``tensor``
+    for key, value in {**call.output_params, "shared_memory_byte_size": out.nbytes}.items():
+        if isinstance(value, str):
+            params[key].string_param = value
+        else:
+            params[key].int64_param = value
+    return response

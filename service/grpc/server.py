@@ -31,15 +31,31 @@ class GrpcServer:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-        ])
+            # Connections (tested in test_service_connections.py). Past max_connections open
+            # connections grpc core closes a new one at once (the client: UNAVAILABLE); a
+            # connection that has not completed its HTTP/2 handshake (preface and SETTINGS)
+            # within request_header_timeout is closed; one that carries no RPC for
+            # grpc_idle_timeout gets a GOAWAY and is closed (clients reconnect on their next
+            # call). Past grpc_max_concurrent_rpcs RPCs in progress (a stalled one, whose
+            # request message never completes, holds its place too) a new RPC gets
+            # RESOURCE_EXHAUSTED. All per worker process, as HTTP's bound.
+            ("grpc.max_allowed_incoming_connections", settings.max_connections),
+            ("grpc.server_handshake_timeout_ms",
+             max(1, round(settings.request_header_timeout * 1000))),
+            ("grpc.max_connection_idle_ms", max(1, round(settings.grpc_idle_timeout * 1000))),
+        ], maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(dataplane),
                                                                      self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.port = self.server.add_insecure_port(address)
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind": say what to do about it
+            self.port = 0
         if not self.port:
-            raise OSError(f"gRPC: cannot listen on {address}")
+            raise OSError(f"gRPC: cannot listen on {address} (in use, or not allowed): pick "
+                          "another --grpc-port, or 0 for no gRPC")
 
     async def start(self) -> None:
         await self.set_serving(False)

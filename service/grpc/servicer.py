@@ -1,8 +1,8 @@
 """Triton's ``GRPCInferenceService`` over ``DataPlane``: each RPC reads its message, asks the
 data plane and writes its answer; a refusal becomes a gRPC status in one place (``_rpc``).
 
-Not served (they answer UNIMPLEMENTED): CUDA shared memory, trace settings and system shared
-memory (the HTTP transport does not serve them either).
+Not served (they answer UNIMPLEMENTED): CUDA shared memory and trace settings (the HTTP
+transport does not serve them either).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryIndex(self, request, context):
         return pb.RepositoryIndexResponse(models=[
             pb.RepositoryIndexResponse.ModelIndex(**m)
-            for m in self.dp.repository_index(request.ready)])
+            for m in self.dp.repository_index(request.ready, _authorization(context))])
 
     @_rpc
     async def RepositoryModelLoad(self, request, context):
@@ -132,10 +132,27 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                     for k, v in self.dp.logs.get().items()}
         return pb.LogSettingsResponse(settings=settings)
 
+    # --- system shared memory -----------------------------------------------------------
+    @_rpc
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.dp.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.dp.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def SystemSharedMemoryStatus(self, request, context):
+        status = pb.SystemSharedMemoryStatusResponse
+        return status(regions={r["name"]: status.RegionStatus(**r)
+                               for r in self.dp.shm.status(request.name)})
+
     # --- inference ----------------------------------------------------------------------
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         async def decode() -> InferCall:
-            return decode_request(request, self.dp.ctx.limits)
+            return decode_request(request, self.dp.ctx.limits, self.dp.shm)
 
         answer = await self.dp.infer(request.model_name, request.model_version or None, decode)
         t0 = time.perf_counter()

@@ -1,0 +1,134 @@
+"""Triton's system shared memory extension (SPEC 7), protocol-neutral.
+
+A client on the same host puts tensors in a POSIX shared-memory object, registers it under a
+region name, and then names ``shared_memory_region`` / ``_offset`` / ``_byte_size`` instead of
+sending data: inputs are read from the mapping (a NumPy view, no copy), outputs are written
+into it. Off unless the server runs with ``--allow-shared-memory``: registering makes the
+server map an object a client names, which only a trusted local client should be able to do.
+
+Safety: only objects under ``/dev/shm`` are mapped (no other path, no symlink, regular files
+only); every offset and size is checked against the region before a view is made (a 400,
+never a read or write outside it). Unregistering a region while a request still reads or
+writes it is safe: the region leaves the registry at once, and the mapping itself is closed
+only when the last view into it is gone (Python's ``mmap`` refuses to close under a view).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ApiError
+
+SHM_DIR = "/dev/shm"
+_KEY = re.compile(r"/?[^/\0]{1,255}")
+
+
+@dataclass
+class Region:
+    """A registered region: ``byte_size`` bytes at ``offset`` of the object ``key``."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
+    mapping: mmap.mmap
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "offset": self.offset,
+                "byte_size": self.byte_size}
+
+    def view(self, offset: int, byte_size: int, field: str) -> memoryview:
+        """``byte_size`` bytes at ``offset`` of the region (a 400 past its end)."""
+        if offset < 0 or byte_size < 0 or offset + byte_size > self.byte_size:
+            raise ApiError(400, f"{field}: offset {offset} + byte size {byte_size} is past "
+                                f"the end of region {self.name!r} ({self.byte_size} bytes)")
+        start = self.offset + offset
+        return memoryview(self.mapping)[start:start + byte_size]
+
+
+class SharedMemory:
+    """The registered regions of one server process."""
+
+    def __init__(self, allowed: bool) -> None:
+        self.allowed = allowed
+        self.regions: dict[str, Region] = {}
+
+    def _check_allowed(self) -> None:
+        if not self.allowed:
+            raise ApiError(403, "system shared memory is off: start the server with "
+                                "--allow-shared-memory to use it")
+
+    def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
+        self._check_allowed()
+        if not name:
+            raise ApiError(400, "name: a region needs a name")
+        if name in self.regions:
+            raise ApiError(400, f"name: region {name!r} is already registered; unregister it "
+                                "first")
+        if not isinstance(key, str) or not _KEY.fullmatch(key) or key.strip("/") in (".", ".."):
+            raise ApiError(400, f"key: {key!r} is not a POSIX shared-memory object name")
+        for field, value in (("offset", offset), ("byte_size", byte_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ApiError(400, f"{field}: must be an integer >= 0, got {value!r}")
+        if byte_size == 0:
+            raise ApiError(400, "byte_size: a region must hold at least one byte")
+        path = os.path.join(SHM_DIR, key.lstrip("/"))
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ApiError(400, f"key: {key!r} is not a shared-memory object this server can "
+                                f"open ({exc.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ApiError(400, f"key: {key!r} is not a shared-memory object")
+            if offset + byte_size > info.st_size:
+                raise ApiError(400, f"byte_size: offset {offset} + byte size {byte_size} is "
+                                    f"past the end of {key!r} ({info.st_size} bytes)")
+            mapping = mmap.mmap(fd, info.st_size)
+        finally:
+            os.close(fd)
+        self.regions[name] = Region(name, key, offset, byte_size, mapping)
+
+    def unregister(self, name: str | None = None) -> None:
+        """One region, or every region when ``name`` is empty (Triton's semantics)."""
+        self._check_allowed()
+        names = [name] if name else list(self.regions)
+        for n in names:
+            region = self.regions.pop(n, None)
+            if region is None:
+                raise ApiError(400, f"region {n!r} is not registered")
+            # A request still holding a view keeps the mapping open until it lets go.
+            with contextlib.suppress(BufferError):
+                region.mapping.close()
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name:
+            return [self.region(name, "region").status()]
+        return [r.status() for r in self.regions.values()]
+
+    def region(self, name: Any, field: str) -> Region:
+        region = self.regions.get(name) if isinstance(name, str) else None
+        if region is None:
+            raise ApiError(400, f"{field}: {name!r} is not a registered shared memory region")
+        return region
+
+    def view(self, params: dict[str, Any], field: str) -> memoryview | None:
+        """The bytes a tensor's ``shared_memory_*`` parameters name, or None when it names
+        no region."""
+        name = params.get("shared_memory_region")
+        if name is None:
+            return None
+        region = self.region(name, f"{field}.parameters.shared_memory_region")
+        size = params.get("shared_memory_byte_size")
+        offset = params.get("shared_memory_offset", 0)
+        for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ApiError(400, f"{field}.parameters.{key}: must be an integer >= 0")
+        return region.view(offset, size, f"{field}.parameters")
