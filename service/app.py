@@ -62,12 +62,16 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
                  registry.root, len(registry.errors),
                  f"; gRPC on port {grpc_server.port}" if grpc_server else "")
         warm = asyncio.create_task(_warm_all(registry, grpc_server))
+        poll = (asyncio.create_task(registry.poll_forever())
+                if settings.model_control_mode == "poll" else None)
         _on_stop_signals(ctx, grpc_server)
         try:
             yield
         finally:
             ctx.draining = True
             warm.cancel()
+            if poll is not None:
+                poll.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(settings.request_timeout)
             for model in list(registry.models.values()):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from normserve.kernels.dtypes import datatype_name
 
@@ -101,24 +102,43 @@ class DataPlane:
 
     def repository_index(self, ready_only: bool, authorization: str | None
                          ) -> list[dict[str, Any]]:
-        """The repository's models as Triton lists them: served ones and skipped folders.
-        Admin only (SPEC 8): it names folders that are not served, and why."""
+        """The repository's models as Triton lists them: every folder, served or not (and
+        why not). Admin only (SPEC 8): it names folders that are not served."""
         check_admin(authorization, self.ctx.settings)
-        registry = self.ctx.registry
-        index = [{"name": m.name, "version": VERSION,
-                  "state": "READY" if m.ready else "LOADING", "reason": ""}
-                 for m in registry.models.values() if m.ready or not ready_only]
-        if not ready_only:
-            index += [{"name": name, "version": VERSION, "state": "UNAVAILABLE",
-                       "reason": why} for name, why in registry.errors.items()]
-        return sorted(index, key=lambda m: m["name"])
+        index = self.ctx.registry.index()
+        return [m for m in index if m["state"] == "READY"] if ready_only else index
 
-    def control(self, action: str, name: str, authorization: str | None) -> None:
-        """Triton's RepositoryModelLoad/Unload: admin only. The repository is read once at
-        start (Triton's model-control-mode none), so both are refused, as Triton does."""
+    async def load(self, name: str, authorization: str | None,
+                   parameters: dict[str, Any] | None = None) -> None:
+        """Triton's RepositoryModelLoad: admin only, in model control mode ``explicit``;
+        ``parameters.config`` (a JSON config.json) replaces the folder's config, durably."""
+        self._check_control(authorization, "load", name)
+        config = (parameters or {}).get("config")
+        if config is not None:
+            try:
+                config = orjson.loads(config) if isinstance(config, (str, bytes)) else None
+            except orjson.JSONDecodeError as exc:
+                raise ApiError(400, f"parameters.config: not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise ApiError(400, "parameters.config: must be a JSON object (a config.json) "
+                                    "given as a string")
+        await self.ctx.registry.load(name, config)
+
+    async def unload(self, name: str, authorization: str | None) -> None:
+        """Triton's RepositoryModelUnload: admin only, in model control mode ``explicit``."""
+        self._check_control(authorization, "unload", name)
+        await self.ctx.registry.unload(name)
+
+    def check_admin(self, authorization: str | None) -> None:
         check_admin(authorization, self.ctx.settings)
-        raise ApiError(400, f"model {name!r}: cannot {action}: explicit model load / unload "
-                            "is not allowed in model control mode 'none'")
+
+    def _check_control(self, authorization: str | None, action: str, name: str) -> None:
+        check_admin(authorization, self.ctx.settings)
+        mode = self.ctx.settings.model_control_mode
+        if mode != "explicit":
+            raise ApiError(400, f"model {name!r}: cannot {action}: explicit model load / "
+                                f"unload is not allowed in model control mode {mode!r} "
+                                "(start with --model-control-mode explicit)")
 
     # --- inference --------------------------------------------------------------------------
     async def infer(self, name: str, version: str | None,
@@ -138,7 +158,21 @@ class DataPlane:
             target = _output_target(model, call)
             settings = self.ctx.settings
             timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
-            out, timing = await self._submit(model, call.array, timeout, target)
+            try:
+                out, timing = await model.batcher.submit(call.array, timeout, target)
+            except Closed:
+                # Replaced while this request was on its way to the old batcher (which
+                # finishes what it had queued): the new version, warm already, takes it.
+                current = self.ctx.registry.models.get(name)
+                if current is None or current is model or self.ctx.draining:
+                    raise
+                current.check_input(call.array.shape, call.field + ".shape")
+                out, timing = await current.batcher.submit(call.array, timeout, target)
+        except (QueueFull, asyncio.TimeoutError, Closed) as exc:
+            error = _refusal(exc, name, model, timeout)
+            self.ctx.metrics.observe_failure(name, error.reason)
+            model.stats.failure(time.perf_counter() - start)
+            raise error from None
         except ApiError as exc:
             self.ctx.metrics.observe_failure(name, exc.reason or "BAD_REQUEST")
             model.stats.failure(time.perf_counter() - start)
@@ -152,23 +186,17 @@ class DataPlane:
         self.ctx.metrics.observe_success(name, total, t.queue_s)
         answer.model.stats.success(total, answer.decode_s, t.queue_s, t.compute_s, encode_s)
 
-    @staticmethod
-    async def _submit(model: Model, x: np.ndarray, timeout: float, out: np.ndarray | None
-                      ) -> tuple[np.ndarray, Timing]:
-        name = model.name
-        try:
-            return await model.batcher.submit(x, timeout, out)
-        except QueueFull:
-            raise ApiError(503, f"model {name!r}: queue is full "
-                                f"({model.batcher.max_queue_size} requests); retry later",
-                           {"Retry-After": "1"}, reason="REJECTED") from None
-        except asyncio.TimeoutError:
-            raise ApiError(503, f"model {name!r}: no result within {timeout:g} s (the request "
-                                "timeout); retry later", {"Retry-After": "1"},
-                           reason="TIMEOUT") from None
-        except Closed:
-            raise ApiError(503, f"model {name!r}: is being removed or the server is shutting "
-                                "down", {"Retry-After": "1"}, reason="UNAVAILABLE") from None
+
+def _refusal(exc: Exception, name: str, model: Model, timeout: float) -> ApiError:
+    """The answer to a request the batcher did not run (503s the client may retry)."""
+    if isinstance(exc, QueueFull):
+        return ApiError(503, f"model {name!r}: queue is full ({model.batcher.max_queue_size} "
+                             "requests); retry later", {"Retry-After": "1"}, reason="REJECTED")
+    if isinstance(exc, asyncio.TimeoutError):
+        return ApiError(503, f"model {name!r}: no result within {timeout:g} s (the request "
+                             "timeout); retry later", {"Retry-After": "1"}, reason="TIMEOUT")
+    return ApiError(503, f"model {name!r}: is being removed or the server is shutting down",
+                    {"Retry-After": "1"}, reason="UNAVAILABLE")
 
 
 def _output_target(model: Model, call: InferCall) -> np.ndarray | None:

@@ -1,11 +1,18 @@
 """Load benchmark of the service (``python -m normserve.service.loadbench``): req/s, p50, p99
 and the mean batch size actually formed, for normserve next to a bare FastAPI echo of the same
-bytes (the HTTP ceiling of the machine).
+bytes (the HTTP ceiling of the machine) and a bare ``grpc.aio`` echo (the gRPC ceiling).
 
-The load generator is a small asyncio HTTP/1.1 client (keep-alive, one connection per client)
-in its own process, so the numbers are not those of a Python HTTP library. The matrix of the
-issue: clients 1, 8, 32, 128; one 1x1024 FP32 row and one 64x1024 block (layer norm); v2 binary
-and v2 JSON; batching on and off; 1 and 2 workers. Results are written as a markdown table.
+The load generators run in their own process, so the numbers are not those of a Python client
+library: a small asyncio HTTP/1.1 client (keep-alive, one connection per client), and a
+``grpc.aio`` client (one channel, so one HTTP/2 connection, per client) calling the raw
+``GRPCInferenceService`` stub with a prebuilt ``ModelInferRequest``. The matrix of the issue:
+clients 1, 8, 32, 128; one 1x1024 FP32 row and one 64x1024 block (layer norm); batching on and
+off; 1 and 2 workers; and the modes (``--modes``): v2 binary and v2 JSON over HTTP, v2 over
+gRPC, and system shared memory over gRPC and over HTTP (each client registers its own input and
+output regions and sends only their names; one worker only, as the server requires; every
+output region is checked afterwards). ``--anchor`` adds a real Triton (nvidia-pytriton, Python
+backend, dynamic batching) driven by the same generators, when it is installed. Results are
+written as a markdown table, followed by the targets of the issue checked on the cells run.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import os
 import re
@@ -21,8 +29,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -34,6 +44,14 @@ from fastapi.responses import Response
 
 MODEL = "layer_norm_1024"
 PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
+#: mode -> the protocol column of the table (the HTTP labels are the ones of earlier runs).
+MODES = {"http-binary": "v2 binary", "http-json": "v2 json", "grpc": "v2 grpc",
+         "shm-grpc": "shm grpc", "shm-http": "shm http"}
+SHM_MODES = ("shm-grpc", "shm-http")
+QUICK_MODES = ["http-binary", "grpc", "shm-grpc", "shm-http"]
+ANCHOR = "triton (pytriton)"
+#: gRPC messages up to the server's default --max-body-bytes (a 64x1024 FP32 block is 256 KiB).
+GRPC_LIMIT = 64 * 1024 * 1024
 
 
 def _echo_app() -> FastAPI:
@@ -48,27 +66,64 @@ def _echo_app() -> FastAPI:
 
 
 # --- request bodies ---
+def sample(shape: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
 def build_request(path: str, body: bytes, headers: dict[str, str], port: int) -> bytes:
     lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}",
              *(f"{k}: {v}" for k, v in headers.items()), "", ""]
     return "\r\n".join(lines).encode() + body
 
 
-def infer_body(shape: tuple[int, int], protocol: str) -> tuple[bytes, dict[str, str]]:
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+def infer_body(shape: tuple[int, int], protocol: str, input_name: str = "x"
+               ) -> tuple[bytes, dict[str, str]]:
+    """An HTTP v2 body. normserve takes its one input under any name (the earlier runs sent
+    "x"); Triton, the anchor, wants the declared name "input"."""
+    x = sample(shape)
     if protocol == "json":
-        body = orjson.dumps({"inputs": [{"name": "x", "shape": list(shape), "datatype": "FP32",
-                                         "data": x.ravel().tolist()}]})
+        body = orjson.dumps({"inputs": [{"name": input_name, "shape": list(shape),
+                                         "datatype": "FP32", "data": x.ravel().tolist()}]})
         return body, {"Content-Type": "application/json"}
     raw = x.tobytes()
-    head = orjson.dumps({"inputs": [{"name": "x", "shape": list(shape), "datatype": "FP32",
+    head = orjson.dumps({"inputs": [{"name": input_name, "shape": list(shape), "datatype": "FP32",
                                      "parameters": {"binary_data_size": len(raw)}}],
                          "parameters": {"binary_data_output": True}})
     return head + raw, {"Inference-Header-Content-Length": str(len(head)),
                         "Content-Type": "application/octet-stream"}
 
 
-# --- the load generator (runs in its own process) ---
+def shm_body(shape: tuple[int, int], in_region: str, out_region: str, nbytes: int
+             ) -> tuple[bytes, dict[str, str]]:
+    """An HTTP JSON body naming shared-memory regions instead of carrying data."""
+    body = orjson.dumps({
+        "inputs": [{"name": "input", "shape": list(shape), "datatype": "FP32",
+                    "parameters": {"shared_memory_region": in_region,
+                                   "shared_memory_byte_size": nbytes}}],
+        "outputs": [{"name": "output", "parameters": {"shared_memory_region": out_region,
+                                                      "shared_memory_byte_size": nbytes}}]})
+    return body, {"Content-Type": "application/json"}
+
+
+def grpc_request(shape: tuple[int, int], regions: tuple[str, str] | None = None) -> bytes:
+    """A serialized ``ModelInferRequest``: the data in ``raw_input_contents``, or, with
+    ``regions`` (input, output), only the names of the shared-memory regions that hold it."""
+    from tritonclient.grpc import service_pb2
+
+    req = service_pb2.ModelInferRequest(model_name=MODEL)
+    inp = req.inputs.add(name="input", datatype="FP32", shape=list(shape))
+    out = req.outputs.add(name="output")
+    x = sample(shape)
+    if regions is None:
+        req.raw_input_contents.append(x.tobytes())
+    else:
+        for tensor, region in ((inp, regions[0]), (out, regions[1])):
+            tensor.parameters["shared_memory_region"].string_param = region
+            tensor.parameters["shared_memory_byte_size"].int64_param = x.nbytes
+    return req.SerializeToString()
+
+
+# --- the HTTP load generator (runs in its own process) ---
 async def _client(port: int, request: bytes, until: float, lat: list[float], errs: list[int]):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -87,28 +142,101 @@ async def _client(port: int, request: bytes, until: float, lat: list[float], err
         writer.close()
 
 
-async def _load(port: int, request: bytes, clients: int, duration: float, warmup: float):
+async def _load(port: int, requests: Sequence[bytes], clients: int, duration: float,
+                warmup: float):
+    """``clients`` connections; client i sends ``requests[i % len(requests)]``."""
     until = time.perf_counter() + warmup
-    await asyncio.gather(*(_client(port, request, until, [], []) for _ in range(clients)))
+    await asyncio.gather(*(_client(port, requests[i % len(requests)], until, [], [])
+                           for i in range(clients)))
     lat: list[float] = []
     errs: list[int] = []
     start = time.perf_counter()
-    await asyncio.gather(*(_client(port, request, start + duration, lat, errs)
-                           for _ in range(clients)))
+    await asyncio.gather(*(_client(port, requests[i % len(requests)], start + duration, lat,
+                                   errs) for i in range(clients)))
     return lat, errs, time.perf_counter() - start
 
 
-def _run_load(args: tuple) -> tuple[list[float], list[int], float]:
+def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
+
+
+def _run_load(args: tuple) -> tuple[list[float], list[int], float]:
+    _install_uvloop()
     return asyncio.run(_load(*args))
 
 
-def generate(port: int, request: bytes, clients: int, duration: float, warmup: float):
+def generate(port: int, request: bytes | Sequence[bytes], clients: int, duration: float,
+             warmup: float):
+    requests = [request] if isinstance(request, bytes) else list(request)
     with get_context("spawn").Pool(1) as pool:
-        return pool.apply(_run_load, ((port, request, clients, duration, warmup),))
+        return pool.apply(_run_load, ((port, requests, clients, duration, warmup),))
+
+
+# --- the gRPC load generator (runs in its own process) ---
+async def _grpc_client(stub, request, until: float, lat: list[float], errs: list,
+                       out_bytes: int) -> None:
+    """Calls ModelInfer back to back. An answer counts when its status is OK and it carries
+    ``out_bytes`` of raw output (0: none, the output went to shared memory)."""
+    import grpc
+
+    infer = stub.ModelInfer
+    while time.perf_counter() < until:
+        t0 = time.perf_counter()
+        try:
+            reply = await infer(request)
+        except grpc.aio.AioRpcError as exc:
+            errs.append(exc.code().name)
+            continue
+        raw = reply.raw_output_contents
+        if (len(raw[0]) if raw else 0) != out_bytes:
+            errs.append("bad reply")
+        else:
+            lat.append(time.perf_counter() - t0)
+
+
+async def _grpc_load(port: int, requests: Sequence[bytes], clients: int, duration: float,
+                     warmup: float, out_bytes: int):
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    messages = [service_pb2.ModelInferRequest.FromString(r) for r in requests]
+    # A local subchannel pool per channel: one TCP connection per client (channels with the
+    # same arguments would otherwise share one).
+    options = [("grpc.max_receive_message_length", GRPC_LIMIT),
+               ("grpc.max_send_message_length", GRPC_LIMIT),
+               ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+                for _ in range(clients)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), 60)
+        stubs = [service_pb2_grpc.GRPCInferenceServiceStub(ch) for ch in channels]
+        until = time.perf_counter() + warmup
+        await asyncio.gather(*(_grpc_client(stub, messages[i % len(messages)], until, [], [],
+                                            out_bytes) for i, stub in enumerate(stubs)))
+        lat: list[float] = []
+        errs: list = []
+        start = time.perf_counter()
+        await asyncio.gather(*(_grpc_client(stub, messages[i % len(messages)], start + duration,
+                                            lat, errs, out_bytes)
+                               for i, stub in enumerate(stubs)))
+        return lat, errs, time.perf_counter() - start
+    finally:
+        await asyncio.gather(*(ch.close() for ch in channels))
+
+
+def _run_grpc_load(args: tuple) -> tuple[list[float], list, float]:
+    _install_uvloop()
+    return asyncio.run(_grpc_load(*args))
+
+
+def generate_grpc(port: int, requests: Sequence[bytes], clients: int, duration: float,
+                  warmup: float, out_bytes: int):
+    with get_context("spawn").Pool(1) as pool:
+        return pool.apply(_run_grpc_load,
+                          ((port, list(requests), clients, duration, warmup, out_bytes),))
 
 
 # --- servers ---
@@ -118,60 +246,340 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+def _grpc_ready(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            try:
+                return stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=2).ready
+            except grpc.RpcError:
+                return False
+    return ready
+
+
+def _wait(probe: str | Callable[[], bool], procs: list[subprocess.Popen], timeout: float = 300,
+          log: Path | None = None) -> None:
+    """Until ``probe`` (a URL answering 200 or 405, or a callable) says ready."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code in (200, 405):
+        for proc in procs:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-2000:] if log else ""
+                raise RuntimeError(f"server exited with {proc.returncode}\n{tail}")
+        if callable(probe):
+            if probe():
                 return
+        else:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(probe, timeout=2).status_code in (200, 405):
+                    return
         time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready")
+    raise RuntimeError(f"{probe if isinstance(probe, str) else 'gRPC server'} not ready")
+
+
+def _serve_grpc_echo(port: int, reuse_port: bool) -> None:
+    """The gRPC ceiling (the FastAPI echo's counterpart): a bare ``grpc.aio`` server whose
+    ModelInfer answers with the posted tensor, and nothing else."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    class Echo(service_pb2_grpc.GRPCInferenceServiceServicer):
+        async def ServerReady(self, request, context):
+            return service_pb2.ServerReadyResponse(ready=True)
+
+        async def ModelInfer(self, request, context):
+            reply = service_pb2.ModelInferResponse(model_name=request.model_name,
+                                                   model_version="1")
+            for tensor in request.inputs:
+                reply.outputs.add(name="output", datatype=tensor.datatype, shape=tensor.shape)
+            reply.raw_output_contents.extend(request.raw_input_contents)
+            return reply
+
+    async def serve() -> None:
+        srv = grpc.aio.server(options=[("grpc.max_receive_message_length", GRPC_LIMIT),
+                                       ("grpc.max_send_message_length", GRPC_LIMIT),
+                                       ("grpc.so_reuseport", int(reuse_port))])
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Echo(), srv)
+        srv.add_insecure_port(f"127.0.0.1:{port}")
+        await srv.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await srv.stop(1)
+
+    _install_uvloop()
+    asyncio.run(serve())
+
+
+@dataclass
+class Ports:
+    http: int
+    grpc: int | None = None
+    metrics: int | None = None  # None: /metrics on the HTTP port
 
 
 @contextlib.contextmanager
-def server(kind: str, workers: int, batching: bool) -> Iterator[int]:
-    port = _free_port()
+def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
+           python: str | None = None) -> Iterator[Ports]:
+    """One server of ``kind`` (echo, grpc-echo, normserve, triton) on free loopback ports.
+    ``python``: the interpreter of the Triton anchor (default: this one)."""
+    ports = Ports(_free_port())
+    stack = contextlib.ExitStack()
+    probe: str | Callable[[], bool]
     if kind == "echo":
         cmd = [sys.executable, "-m", "uvicorn", "--factory",
-               "normserve.service.loadbench:_echo_app", "--port", str(port), "--workers",
+               "normserve.service.loadbench:_echo_app", "--port", str(ports.http), "--workers",
                str(workers), "--no-access-log", "--log-level", "warning"]
-        probe = f"http://127.0.0.1:{port}/echo"
+        probe = f"http://127.0.0.1:{ports.http}/echo"
+    elif kind == "grpc-echo":
+        ports.grpc = _free_port()
+        cmd = [sys.executable, "-c", "from normserve.service.loadbench import _serve_grpc_echo; "
+               f"_serve_grpc_echo({ports.grpc}, {workers > 1})"]
+        probe = _grpc_ready(ports.grpc)
+    elif kind == "triton":
+        # A NumPy layer norm in Triton's Python backend with dynamic batching like normserve's
+        # (max batch 256, 500 us queue delay): one model instance, as normserve has one worker.
+        ports.grpc, ports.metrics = _free_port(), _free_port()
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="loadbench-triton-"))
+        cmd = [python or sys.executable, "-c", TRITON_SCRIPT, str(ports.http), str(ports.grpc),
+               str(ports.metrics), _anchor_params(scratch), MODEL]
+        probe = f"http://127.0.0.1:{ports.http}/v2/models/{MODEL}/ready"
     else:
-        cmd = [sys.executable, "-m", "normserve.service.cli", "serve", "--port", str(port),
-               "--workers", str(workers), "--log-level", "warning",
-               *([] if batching else ["--no-batching"])]
-        probe = f"http://127.0.0.1:{port}/v2/health/ready"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait(probe, proc)
-        yield port
-    finally:
-        proc.send_signal(signal.SIGTERM)
+        # Always a free gRPC port: the default 8001 may be taken, and one server then serves
+        # every mode.
+        ports.grpc = _free_port()
+        cmd = [sys.executable, "-m", "normserve.service.cli", "serve", "--port", str(ports.http),
+               "--grpc-port", str(ports.grpc), "--workers", str(workers), "--log-level",
+               "warning", *([] if batching else ["--no-batching"]),
+               *(["--allow-shared-memory"] if shared_memory else [])]
+        probe = f"http://127.0.0.1:{ports.http}/v2/health/ready"
+    # The gRPC echo has no worker pool of its own: one process per worker, sharing the port.
+    copies = workers if kind == "grpc-echo" else 1
+    with stack, tempfile.NamedTemporaryFile("w+", prefix=f"loadbench-{kind}-",
+                                            suffix=".log") as log:
+        procs: list[subprocess.Popen] = []
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            for _ in range(copies):
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            _wait(probe, procs, log=Path(log.name))
+            yield ports
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
 
 
-def _scrape(port: int, workers: int) -> dict[str, tuple[float, float]]:
+def _scrape(ports: Ports, workers: int) -> dict[str, tuple[float, float]]:
     """pid -> (requests, batches) of the model, from as many workers as a few scrapes reach."""
     import httpx
 
+    url = f"http://127.0.0.1:{ports.metrics or ports.http}/metrics"
     seen: dict[str, tuple[float, float]] = {}
     for _ in range(12 if workers > 1 else 1):
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        text = httpx.get(url, timeout=10).text
         pid = re.search(r'normserve_process_info\{pid="(\d+)"\}', text)
-        reqs = re.search(rf'nv_inference_request_success_total\{{model="{MODEL}".*\}} (\S+)', text)
-        execs = re.search(rf'nv_inference_exec_count_total\{{model="{MODEL}".*\}} (\S+)', text)
+        # normserve's counters end in _total; Triton's (the anchor) do not.
+        reqs = re.search(rf'nv_inference_request_success(?:_total)?\{{model="{MODEL}".*\}} (\S+)',
+                         text)
+        execs = re.search(rf'nv_inference_exec_count(?:_total)?\{{model="{MODEL}".*\}} (\S+)',
+                          text)
         seen[pid.group(1) if pid else "?"] = (float(reqs.group(1)) if reqs else 0.0,
                                               float(execs.group(1)) if execs else 0.0)
         if len(seen) >= workers:
             break
     return seen
+
+
+# --- system shared memory: each client's own input and output regions ---
+class ShmClients:
+    """``count`` pairs of POSIX shared-memory regions (input holding the sample, output),
+    registered with the server over ``transport`` ("grpc" or "http"); ``close()`` unregisters
+    and destroys them."""
+
+    def __init__(self, ports: Ports, transport: str, shape: tuple[int, int], count: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm, self.ports, self.transport, self.shape = shm, ports, transport, shape
+        self.x = sample(shape)
+        self.nbytes = self.x.nbytes
+        self.handles: dict[str, object] = {}
+        self.registered: list[str] = []
+        self.pairs: list[tuple[str, str]] = []
+        self._stub = self._channel = None
+        tag = f"nsbench-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        try:
+            if transport == "grpc":
+                import grpc
+                from tritonclient.grpc import service_pb2_grpc
+
+                self._channel = grpc.insecure_channel(f"127.0.0.1:{ports.grpc}")
+                self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+            for i in range(count):
+                pair = (f"{tag}-{i}-in", f"{tag}-{i}-out")
+                for name in pair:
+                    self.handles[name] = shm.create_shared_memory_region(
+                        name, "/" + name, self.nbytes)
+                shm.set_shared_memory_region(self.handles[pair[0]], [self.x])
+                for name in pair:
+                    self._register(name)
+                self.pairs.append(pair)
+        except BaseException:
+            self.close()
+            raise
+
+    def _register(self, name: str) -> None:
+        if self.transport == "grpc":
+            from tritonclient.grpc import service_pb2
+
+            self._stub.SystemSharedMemoryRegister(service_pb2.SystemSharedMemoryRegisterRequest(
+                name=name, key="/" + name, offset=0, byte_size=self.nbytes), timeout=30)
+        else:
+            import httpx
+
+            httpx.post(f"http://127.0.0.1:{self.ports.http}/v2/systemsharedmemory/region/"
+                       f"{name}/register", json={"key": "/" + name, "offset": 0,
+                                                 "byte_size": self.nbytes},
+                       timeout=30).raise_for_status()
+        self.registered.append(name)
+
+    def _unregister(self, name: str) -> None:
+        if self.transport == "grpc":
+            from tritonclient.grpc import service_pb2
+
+            self._stub.SystemSharedMemoryUnregister(
+                service_pb2.SystemSharedMemoryUnregisterRequest(name=name), timeout=30)
+        else:
+            import httpx
+
+            httpx.post(f"http://127.0.0.1:{self.ports.http}/v2/systemsharedmemory/region/"
+                       f"{name}/unregister", timeout=30).raise_for_status()
+
+    def requests(self, clients: int) -> list[bytes]:
+        """One request per client, over the cell's transport."""
+        pairs = self.pairs[:clients]
+        if self.transport == "grpc":
+            return [grpc_request(self.shape, pair) for pair in pairs]
+        path = f"/v2/models/{MODEL}/infer"
+        return [build_request(path, *shm_body(self.shape, *pair, self.nbytes), self.ports.http)
+                for pair in pairs]
+
+    def clear_outputs(self, clients: int) -> None:
+        zeros = np.zeros(self.shape, np.float32)
+        for _, out in self.pairs[:clients]:
+            self.shm.set_shared_memory_region(self.handles[out], [zeros])
+
+    def wrong_outputs(self, clients: int, expected: np.ndarray) -> int:
+        """How many of the first ``clients`` output regions do not hold the expected answer."""
+        wrong = 0
+        for _, out in self.pairs[:clients]:
+            y = self.shm.get_contents_as_numpy(self.handles[out], np.float32, self.shape)
+            wrong += not np.allclose(y, expected, rtol=1e-5, atol=1e-5)
+        return wrong
+
+    def close(self) -> None:
+        for name in self.registered:
+            with contextlib.suppress(Exception):
+                self._unregister(name)
+        self.registered.clear()
+        for handle in self.handles.values():
+            with contextlib.suppress(Exception):
+                self.shm.destroy_shared_memory_region(handle)
+        self.handles.clear()
+        if self._channel is not None:
+            self._channel.close()
+
+
+def _expected_output(ports: Ports, shape: tuple[int, int]) -> np.ndarray:
+    """The model's answer for the sample, over plain gRPC: what the shared-memory cells must
+    find in their output regions."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{ports.grpc}", options=[
+            ("grpc.max_receive_message_length", GRPC_LIMIT)]) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(service_pb2.ModelInferRequest.FromString(grpc_request(shape)),
+                                timeout=60)
+    return np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(shape)
+
+
+# --- the anchor peer: a real Triton (nvidia-pytriton) ---
+# nvidia-pytriton 0.7 pins numpy<2, so it usually lives in a virtualenv of its own
+# (--anchor-python): this script needs only numpy and pytriton there, not normserve.
+TRITON_SCRIPT = """
+import os, sys, sysconfig
+import numpy as np
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+http_port, grpc_port, metrics_port = (int(a) for a in sys.argv[1:4])
+params = np.load(sys.argv[4])
+weight, bias, eps = params["weight"], params["bias"], np.float32(1e-5)
+# Triton's Python-backend stub links against libpython: point it (a child of tritonserver,
+# itself a child of this process) at this interpreter's.
+os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+    p for p in (sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")) if p)
+
+
+@batch
+def layer_norm(**inputs):
+    x = inputs["input"]
+    mean = x.mean(axis=-1, keepdims=True)
+    var = x.var(axis=-1, keepdims=True)
+    return {"output": ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)}
+
+
+config = TritonConfig(http_address="127.0.0.1", http_port=http_port, grpc_address="127.0.0.1",
+                      grpc_port=grpc_port, metrics_port=metrics_port, allow_gpu_metrics=False)
+with Triton(config=config) as triton:
+    triton.bind(model_name=sys.argv[5], infer_func=layer_norm,
+                inputs=[Tensor(name="input", dtype=np.float32, shape=(1024,))],
+                outputs=[Tensor(name="output", dtype=np.float32, shape=(1024,))],
+                config=ModelConfig(max_batch_size=256,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=500)))
+    triton.serve()
+"""
+
+
+def triton_missing(python: str | None = None) -> str | None:
+    """Why the Triton anchor cannot run with the interpreter ``python`` (default: this one),
+    or None when it can."""
+    hint = ("pip install nvidia-pytriton (0.7 wants numpy<2: best in a virtualenv of its own, "
+            "given to --anchor-python)")
+    if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
+        if importlib.util.find_spec("pytriton") is None:
+            return f"nvidia-pytriton is not installed in this interpreter ({hint})"
+        return None
+    try:
+        done = subprocess.run([python, "-c", "import pytriton"], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"--anchor-python {python}: cannot run it ({exc})"
+    if done.returncode:
+        return f"--anchor-python {python}: cannot import pytriton ({hint})"
+    return None
+
+
+def _anchor_params(folder: str) -> str:
+    """The demo model's weight and bias as an .npz the anchor script loads."""
+    from safetensors.numpy import load_file
+
+    params = load_file(str(Path(__file__).parent / "demo_repository" / MODEL
+                           / "params.safetensors"))
+    path = os.path.join(folder, "params.npz")
+    np.savez(path, weight=params["weight"], bias=params["bias"])
+    return path
 
 
 # --- the matrix ---
@@ -198,51 +606,142 @@ class Row:
 HEADER = ["server", "workers", "batching", "protocol", "payload", "clients", "req/s", "p50 ms",
           "p99 ms", "errors", "mean batch (requests)"]
 
+Measure = Callable[[int], tuple[float, float, float, int]]
 
-def _measure(port: int, path: str, body: bytes, headers: dict[str, str], clients: int,
-             args: argparse.Namespace) -> tuple[float, float, float, int]:
-    lat, errs, elapsed = generate(port, build_request(path, body, headers, port), clients,
-                                  args.duration, args.warmup)
+
+def _stats(lat: list[float], errs: list, elapsed: float) -> tuple[float, float, float, int]:
     if not lat:
         return 0.0, float("nan"), float("nan"), len(errs)
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
     return len(lat) / elapsed, q[49] * 1e3, q[98] * 1e3, len(errs)
 
 
+def _measure(port: int, path: str, body: bytes, headers: dict[str, str], clients: int,
+             args: argparse.Namespace) -> tuple[float, float, float, int]:
+    return _stats(*generate(port, build_request(path, body, headers, port), clients,
+                            args.duration, args.warmup))
+
+
+@contextlib.contextmanager
+def driver(mode: str, ports: Ports, payload: str, args: argparse.Namespace,
+           input_name: str = "x") -> Iterator[Measure]:
+    """``measure(clients) -> (req/s, p50 ms, p99 ms, errors)`` for one mode and payload; for
+    the shared-memory modes the regions of ``max(args.clients)`` clients live as long as the
+    context."""
+    shape = PAYLOADS[payload]
+    nbytes = shape[0] * shape[1] * 4
+    if mode in ("http-binary", "http-json"):
+        body, headers = infer_body(shape, mode.removeprefix("http-"), input_name)
+        yield lambda clients: _measure(ports.http, f"/v2/models/{MODEL}/infer", body, headers,
+                                       clients, args)
+    elif mode == "grpc":
+        request = grpc_request(shape)
+        yield lambda clients: _stats(*generate_grpc(ports.grpc, [request], clients,
+                                                    args.duration, args.warmup, nbytes))
+    else:
+        expected = _expected_output(ports, shape)
+        regions = ShmClients(ports, mode.removeprefix("shm-"), shape, max(args.clients))
+
+        def measure(clients: int) -> tuple[float, float, float, int]:
+            regions.clear_outputs(clients)
+            requests = regions.requests(clients)
+            if mode == "shm-grpc":
+                result = generate_grpc(ports.grpc, requests, clients, args.duration,
+                                       args.warmup, 0)
+            else:
+                result = generate(ports.http, requests, clients, args.duration, args.warmup)
+            rps, p50, p99, err = _stats(*result)
+            # Every client's output region must hold the answer: the server wrote it there.
+            return rps, p50, p99, err + regions.wrong_outputs(clients, expected)
+
+        try:
+            yield measure
+        finally:
+            regions.close()
+
+
+def skip(args: argparse.Namespace, why: str) -> None:
+    """Says what part of the matrix did not run, now and in the written table."""
+    print(f"(skipped: {why})", flush=True)
+    args.skipped = [*getattr(args, "skipped", []), why]
+
+
+def _batch(before: dict, after: dict) -> str:
+    dr = sum(after[k][0] - before[k][0] for k in after if k in before)
+    de = sum(after[k][1] - before[k][1] for k in after if k in before)
+    return f"{dr / de:.2f}" if de else "n/a"
+
+
 def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
-    bodies = {(p, proto): infer_body(PAYLOADS[p], proto)
-              for p in args.payloads for proto in args.protocols}
+
+    def emit(row: Row) -> None:
+        rows.append(row)
+        print(" | ".join(row.cells()), flush=True)
+
+    shm_modes = [m for m in args.modes if m in SHM_MODES]
     for workers in args.workers:
-        with server("echo", workers, True) as port:
-            for payload, clients in itertools.product(args.payloads, args.clients):
-                body, _ = infer_body(PAYLOADS[payload], "binary")
-                rps, p50, p99, err = _measure(port, "/echo", body, {}, clients, args)
-                rows.append(Row("fastapi echo", workers, "-", "bytes", payload, clients, rps,
-                                p50, p99, err, "-"))
-                print(" | ".join(rows[-1].cells()), flush=True)
+        if args.echo:
+            with server("echo", workers, True) as ports:
+                for payload, clients in itertools.product(args.payloads, args.clients):
+                    body, _ = infer_body(PAYLOADS[payload], "binary")
+                    rps, p50, p99, err = _measure(ports.http, "/echo", body, {}, clients, args)
+                    emit(Row("fastapi echo", workers, "-", "bytes", payload, clients, rps, p50,
+                             p99, err, "-"))
+        if args.echo and "grpc" in args.modes:
+            with server("grpc-echo", workers, True) as ports:
+                for payload, clients in itertools.product(args.payloads, args.clients):
+                    with driver("grpc", ports, payload, args) as measure:
+                        emit(Row("grpc echo", workers, "-", "grpc bytes", payload, clients,
+                                 *measure(clients), "-"))
+        if shm_modes and workers > 1:
+            skip(args, f"{', '.join(shm_modes)} with {workers} workers: normserve serves shared "
+                       "memory with one worker only")
+        modes = [m for m in args.modes if workers == 1 or m not in SHM_MODES]
         for batching in args.batching:
-            with server("normserve", workers, batching == "on") as port:
-                for payload, proto, clients in itertools.product(args.payloads, args.protocols,
-                                                                 args.clients):
-                    body, headers = bodies[(payload, proto)]
-                    before = _scrape(port, workers)
-                    rps, p50, p99, err = _measure(port, f"/v2/models/{MODEL}/infer", body,
-                                                  headers, clients, args)
-                    after = _scrape(port, workers)
-                    dr = sum(after[k][0] - before[k][0] for k in after if k in before)
-                    de = sum(after[k][1] - before[k][1] for k in after if k in before)
-                    batch = f"{dr / de:.2f}" if de else "n/a"
-                    rows.append(Row("normserve", workers, batching, f"v2 {proto}", payload,
-                                    clients, rps, p50, p99, err, batch))
-                    print(" | ".join(rows[-1].cells()), flush=True)
+            with server("normserve", workers, batching == "on",
+                        shared_memory=workers == 1 and bool(shm_modes)) as ports:
+                for payload, mode in itertools.product(args.payloads, modes):
+                    with driver(mode, ports, payload, args) as measure:
+                        for clients in args.clients:
+                            before = _scrape(ports, workers)
+                            rps, p50, p99, err = measure(clients)
+                            emit(Row("normserve", workers, batching, MODES[mode], payload,
+                                     clients, rps, p50, p99, err,
+                                     _batch(before, _scrape(ports, workers))))
+    if args.anchor:
+        run_anchor(args, emit)
     return rows
+
+
+def run_anchor(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
+    """The same generators, every mode, against a real Triton (nvidia-pytriton) with one
+    model instance and dynamic batching, when it is installed."""
+    missing = triton_missing(args.anchor_python)
+    if missing:
+        skip(args, f"the Triton anchor: {missing}")
+        return
+    try:
+        with server("triton", 1, True, python=args.anchor_python) as ports:
+            for payload, mode in itertools.product(args.payloads, args.modes):
+                with driver(mode, ports, payload, args, input_name="input") as measure:
+                    for clients in args.clients:
+                        before = _scrape(ports, 1)
+                        rps, p50, p99, err = measure(clients)
+                        emit(Row(ANCHOR, 1, "on", MODES[mode], payload, clients, rps, p50,
+                                 p99, err, _batch(before, _scrape(ports, 1))))
+    except RuntimeError as exc:  # the anchor did not start: say why, keep normserve's rows
+        skip(args, f"the Triton anchor did not start: {exc}")
 
 
 def table(rows: list[Row]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def targets(rows: list[Row]) -> list[str]:
@@ -265,6 +764,45 @@ def targets(rows: list[Row]) -> list[str]:
             if off:
                 notes.append(f"- {proto} {payload}, {w} worker(s), 32 clients: batching on "
                              f"{r.rps:.0f} vs off {off.rps:.0f} req/s")
+    # gRPC and shared memory against normserve's own HTTP binary, same workers and batching.
+    for (srv, w, b, proto, payload, c), r in idx.items():
+        if srv != "normserve" or b != "on":
+            continue
+        want = {("v2 grpc", "1x1024", 32): 0.8, ("shm grpc", "64x1024", 8): 3.0,
+                ("shm http", "64x1024", 8): 3.0}.get((proto, payload, c))
+        http = idx.get((srv, w, b, "v2 binary", payload, c))
+        if want is None or not (http and http.rps):
+            continue
+        ratio = r.rps / http.rps
+        notes.append(f"- {proto} {payload}, {w} worker(s), {c} clients: {ratio:.2f}x normserve's "
+                     f"HTTP v2 binary req/s ({r.rps:.0f} vs {http.rps:.0f}, target >= "
+                     f"{want:g}): {_met(ratio >= want)}")
+    # gRPC against its own ceiling (a bare grpc.aio echo), as HTTP against FastAPI's.
+    for (srv, w, b, proto, payload, c), r in idx.items():
+        echo = idx.get(("grpc echo", w, "-", "grpc bytes", payload, c))
+        if srv == "normserve" and b == "on" and proto == "v2 grpc" and c == 32 and echo \
+                and echo.rps:
+            notes.append(f"- v2 grpc {payload}, {w} worker(s), 32 clients: {r.rps / echo.rps:.2f}x "
+                         f"the bare grpc.aio echo's req/s ({r.rps:.0f} vs {echo.rps:.0f})")
+    # normserve next to the Triton anchor, cell by cell at 32 clients.
+    for (srv, w, b, proto, payload, c), r in idx.items():
+        peer = idx.get((ANCHOR, 1, "on", proto, payload, c))
+        if srv == "normserve" and w == 1 and b == "on" and c == 32 and peer and peer.rps:
+            notes.append(f"- {proto} {payload}, 1 worker, 32 clients: normserve {r.rps:.0f} vs "
+                         f"Triton {peer.rps:.0f} req/s ({r.rps / peer.rps:.2f}x)")
+    # req/s never falls as clients grow from 8 to 32 to 128 (batching on, per mode and payload).
+    series: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if not r.server.endswith("echo") and r.batching == "on" and r.clients in (8, 32, 128):
+            series.setdefault((r.server, r.workers, r.protocol, r.payload), []).append(r)
+    for (srv, w, proto, payload), rs in series.items():
+        if len(rs) < 2:
+            continue
+        rs.sort(key=lambda r: r.clients)
+        ok = all(a.rps <= b.rps for a, b in itertools.pairwise(rs))
+        steps = " -> ".join(f"{r.rps:.0f} ({r.clients})" for r in rs)
+        notes.append(f"- {srv} {proto} {payload}, {w} worker(s): req/s by clients {steps} "
+                     f"(target: never falls): {_met(ok)}")
     return notes
 
 
@@ -273,23 +811,42 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=list(PAYLOADS))
-    p.add_argument("--protocols", nargs="+", choices=("binary", "json"),
-                   default=["binary", "json"])
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=None,
+                   help="what normserve is driven with (default: all; shared memory with one "
+                        "worker only)")
     p.add_argument("--batching", nargs="+", choices=("on", "off"), default=["on", "off"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--duration", type=float, default=5.0, help="seconds measured per cell")
-    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each cell")
+    p.add_argument("--no-echo", dest="echo", action="store_false",
+                   help="leave out the bare FastAPI and grpc.aio echoes (the ceilings)")
+    p.add_argument("--anchor", action="store_true",
+                   help="also drive a real Triton (nvidia-pytriton) with the selected "
+                        "modes; skipped, saying why, when it is not installed")
+    p.add_argument("--anchor-python", metavar="PYTHON",
+                   help="the interpreter that runs the Triton anchor (one with nvidia-pytriton; "
+                        "default: this one)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="seconds measured per cell (default 5; --quick: 1)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of load before each cell (default 1; --quick: 0.3)")
     p.add_argument("--output", default="bench-results/loadbench.md")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 1 and 8 clients, one row, binary, batching on, 1 worker")
+                   help="a smoke run: 1 and 8 clients, one row, batching on, 1 worker, HTTP "
+                        "binary, gRPC and both shared-memory modes")
     args = p.parse_args(argv)
     if args.quick:
-        args.clients, args.payloads, args.protocols = [1, 8], ["1x1024"], ["binary"]
-        args.batching, args.workers, args.duration, args.warmup = ["on"], [1], 1.0, 0.3
+        args.clients, args.payloads = [1, 8], ["1x1024"]
+        args.batching, args.workers = ["on"], [1]
+        args.modes = args.modes or QUICK_MODES
+        args.duration = 1.0 if args.duration is None else args.duration
+        args.warmup = 0.3 if args.warmup is None else args.warmup
+    args.modes = args.modes or list(MODES)
+    args.duration = 5.0 if args.duration is None else args.duration
+    args.warmup = 1.0 if args.warmup is None else args.warmup
     rows = run(args)
     text = (f"Load benchmark (`python -m normserve.service.loadbench`), {os.cpu_count()} CPU(s), "
             f"{args.duration:g} s per cell, load generator on the same machine.\n\n"
-            + table(rows) + "\n\n" + "\n".join(targets(rows)) + "\n")
+            + table(rows) + "\n\n" + "\n".join(targets(rows)) + "\n"
+            + "".join(f"\nSkipped: {why}\n" for why in getattr(args, "skipped", [])))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

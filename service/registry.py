@@ -18,9 +18,12 @@ from normserve.kernels import ModelConfig, PreparedLayer
 from normserve.kernels.repository import (
     ModelError,
     load_model,
+    load_params,
+    parse_config,
     recover_repository,
     remove_model,
     scan_repository,
+    valid_name,
     write_model,
 )
 
@@ -44,6 +47,7 @@ class Model:
     batcher: Batcher
     stats: ModelStatistics
     ready: bool = False
+    fingerprint: tuple | None = None  # of its folder when loaded (poll mode reloads changes)
     onnx_cache: dict[int, bytes] = field(default_factory=dict)
 
     @property
@@ -95,6 +99,7 @@ class Registry:
         self.models: dict[str, Model] = {}
         self.errors: dict[str, str] = {}  # folder name -> why it was skipped
         self._locks: dict[str, asyncio.Lock] = {}  # one change of a name at a time
+        self._failed: dict[str, tuple] = {}  # name -> fingerprint of a folder that failed
 
     @property
     def root(self) -> Path:
@@ -102,8 +107,8 @@ class Registry:
         return Path(repo) if repo else DEMO_REPOSITORY
 
     def load_repository(self) -> None:
-        """Finish what a crash interrupted, then load every valid folder; report and skip
-        the rest."""
+        """Finish what a crash interrupted, then load every valid folder (in explicit mode,
+        the ``--load-model`` ones); report and skip the rest."""
         if self.settings.model_repository is not None:
             try:
                 for line in recover_repository(self.root):
@@ -114,14 +119,114 @@ class Registry:
         for name in skipped:
             self.errors[name] = "name must match [A-Za-z0-9_.-]{1,64}"
             log.warning("skipping model folder %r: name must match [A-Za-z0-9_.-]{1,64}", name)
+        wanted = set(self.settings.load_models)
+        explicit = self.settings.model_control_mode == "explicit" and "*" not in wanted
         for folder in folders:
-            try:
-                config, layer = load_model(folder, self.settings.device)
-            except ModelError as exc:
-                self.errors[folder.name] = str(exc)
-                log.warning("skipping model %s: %s", folder.name, exc)
+            if explicit and folder.name not in wanted:
                 continue
-            self.add(folder.name, config, layer)
+            loaded = self._build(folder)
+            if loaded is not None:
+                self.add(folder.name, *loaded, fingerprint=_fingerprint(folder))
+
+    def _build(self, folder: Path, warm: bool = False
+               ) -> tuple[ModelConfig, PreparedLayer] | None:
+        """A folder's config and layer (compiled when ``warm``), or None with the reason
+        recorded and logged."""
+        try:
+            config, layer = load_model(folder, self.settings.device)
+            if warm and self.settings.warmup:
+                layer.warmup()
+        except ModelError as exc:
+            self.errors[folder.name] = str(exc)
+            log.warning("skipping model %s: %s", folder.name, exc)
+            return None
+        self.errors.pop(folder.name, None)
+        return config, layer
+
+    # --- model control (SPEC 8): load, unload, poll ------------------------------------------
+    async def load(self, name: str, config: dict[str, Any] | None = None) -> Model:
+        """Load (or reload) ``name`` from its folder, warm, then serve it in place of the
+        current version; with ``config``, the folder's config.json is replaced first,
+        durably (Triton's load with a configuration override)."""
+        folder = self.root / name
+        async with self._name_lock(name):
+            if not valid_name(name) or not folder.is_dir():
+                raise ApiError(404, f"model {name!r}: no such folder in the repository")
+            if config is not None:
+                try:
+                    parse_config(config, "parameters.config")
+                    params = load_params(folder)
+                except ModelError as exc:
+                    raise ApiError(400, str(exc)) from None
+                await self._write(name, config, params)
+            loaded = await asyncio.to_thread(self._build, folder, True)
+            if loaded is None:
+                raise ApiError(400, f"model {name!r}: failed to load ({self.errors[name]})")
+            model, old = self.add(name, *loaded, fingerprint=_fingerprint(folder))
+            model.ready = True
+            model.batcher.start()
+        if old is not None:
+            await old.batcher.close()  # its queued requests finish on the old version
+        return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` (its folder stays): queued requests finish first."""
+        async with self._name_lock(name):
+            self.get(name)
+            model = self.remove(name)
+        if model is not None:
+            await model.batcher.close()
+
+    async def poll_forever(self) -> None:
+        """Rescan the repository every ``repository_poll_secs`` (model control ``poll``)."""
+        while True:
+            await asyncio.sleep(self.settings.repository_poll_secs)
+            try:
+                await self.rescan()
+            except Exception:  # a bad poll is logged; the next one tries again
+                log.exception("model repository %s: rescan failed", self.root)
+
+    async def rescan(self) -> None:
+        """Load folders added since the last scan, reload changed ones, unload removed ones.
+        A folder being written by hand may fail to load: it is reported, and loaded once a
+        later scan sees it complete (its fingerprint changes)."""
+        folders, _ = await asyncio.to_thread(scan_repository, self.root)
+        present = {f.name: f for f in folders}
+        for name, folder in present.items():
+            current = self.models.get(name)
+            fingerprint = await asyncio.to_thread(_fingerprint, folder)
+            seen = current.fingerprint if current else self._failed.get(name)
+            if fingerprint == seen:
+                continue
+            try:
+                await self.load(name)
+                log.info("model repository: %s %s", "reloaded" if current else "loaded", name)
+            except ApiError as exc:
+                self._failed[name] = fingerprint
+                log.warning("model repository: %s", exc.message)
+        for name in [n for n in self.models if n not in present]:
+            await self.unload(name)
+            log.info("model repository: unloaded %s (its folder is gone)", name)
+        for name in [n for n in self.errors if n not in present]:
+            del self.errors[name]
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every model folder of the repository and every served model, with its state:
+        READY, LOADING (compiling), or UNAVAILABLE with the reason (failed, not loaded)."""
+        try:
+            folders, skipped = scan_repository(self.root)
+        except ModelError:
+            folders, skipped = [], []
+        names = {f.name for f in folders} | set(skipped) | set(self.models) | set(self.errors)
+        index = []
+        for name in sorted(names):
+            model = self.models.get(name)
+            if model is not None:
+                state, reason = ("READY", "") if model.ready else ("LOADING", "")
+            else:
+                state, reason = "UNAVAILABLE", self.errors.get(name, "unloaded")
+            index.append({"name": name, "version": "1", "state": state, "reason": reason})
+        return index
 
     def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer,
                     stats: ModelStatistics) -> Batcher:
@@ -140,11 +245,13 @@ class Registry:
             batching=s.batching, adaptive=s.batch_wait == "adaptive",
             on_batch=observe)
 
-    def add(self, name: str, config: ModelConfig,
-            layer: PreparedLayer) -> tuple[Model, Model | None]:
+    def add(self, name: str, config: ModelConfig, layer: PreparedLayer,
+            fingerprint: tuple | None = None) -> tuple[Model, Model | None]:
         """Serve a model under ``name``; returns it and the model it replaced, if any."""
         stats = ModelStatistics(name)
-        model = Model(name, config, layer, self.batcher_for(name, config, layer, stats), stats)
+        model = Model(name, config, layer, self.batcher_for(name, config, layer, stats), stats,
+                      fingerprint=fingerprint)
+        self._failed.pop(name, None)
         old = self.models.get(name)
         self.models[name] = model
         self.errors.pop(name, None)
@@ -165,15 +272,17 @@ class Registry:
                        layer: PreparedLayer) -> tuple[Model, Model | None]:
         """Write the model into the repository (durable before this returns), then serve it;
         a 507 naming the cause when the repository cannot be written (nothing changes)."""
-        root = self._writable_root()
         async with self._name_lock(name):
-            try:
-                await asyncio.to_thread(write_model, root, name,
-                                        config.model_dump(exclude_none=True), params)
-            except OSError as exc:
-                raise ApiError(507, f"repository: cannot write model {name!r} into {root} "
-                                    f"({exc.strerror or exc}); nothing was changed") from None
-            return self.add(name, config, layer)
+            await self._write(name, config.model_dump(exclude_none=True), params)
+            return self.add(name, config, layer, fingerprint=_fingerprint(self.root / name))
+
+    async def _write(self, name: str, config: dict[str, Any], params: dict[str, Any]) -> None:
+        root = self._writable_root()
+        try:
+            await asyncio.to_thread(write_model, root, name, config, params)
+        except OSError as exc:
+            raise ApiError(507, f"repository: cannot write model {name!r} into {root} "
+                                f"({exc.strerror or exc}); nothing was changed") from None
 
     async def unregister(self, name: str) -> Model:
         """Move the model's folder out of the repository (durable), then stop serving it."""
@@ -214,6 +323,19 @@ class Registry:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.executor, _warm, model)
         model.ready = True
+
+
+def _fingerprint(folder: Path) -> tuple:
+    """What changes when a model folder is replaced or edited: the folder's inode (our
+    writes rename a new folder in) and each file's inode, size and modification time."""
+    try:
+        parts = [folder.stat().st_ino]
+        for child in sorted(folder.iterdir()):
+            st = child.stat()
+            parts.append((child.name, st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(parts)
+    except OSError:
+        return ()
 
 
 def _warm(model: Model) -> None:

@@ -103,13 +103,19 @@ async def repository_index(request: Request) -> list:
 
 @router.post("/v2/repository/models/{name}/load")
 async def repository_load(name: str, request: Request) -> dict:
-    _dp(request).control("load", name, request.headers.get("authorization"))
+    authorization = request.headers.get("authorization")
+    _dp(request).check_admin(authorization)  # before reading a body
+    body = await json_body(request, ctx_of(request).settings, allow_empty=True)
+    parameters = body.get("parameters") if isinstance(body, dict) else None
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ApiError(400, "parameters: must be a JSON object")
+    await _dp(request).load(name, authorization, parameters)
     return {}
 
 
 @router.post("/v2/repository/models/{name}/unload")
 async def repository_unload(name: str, request: Request) -> dict:
-    _dp(request).control("unload", name, request.headers.get("authorization"))
+    await _dp(request).unload(name, request.headers.get("authorization"))
     return {}
 
 

@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Triton's system shared memory extension: clients on this host "
                         "may then have the server map POSIX shared-memory objects they name "
                         "(off by default: a remote client must not choose what is mapped)")
+    p.add_argument("--model-control-mode", choices=("none", "poll", "explicit"), default="none",
+                   help="none: load every model at start; poll: also rescan the repository "
+                        "every --repository-poll-secs (added, changed and removed folders are "
+                        "loaded, reloaded, unloaded); explicit: load only --load-model names, "
+                        "then what the repository API asks")
+    p.add_argument("--repository-poll-secs", type=_positive(float), default=15.0, metavar="S")
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="with --model-control-mode explicit: a model to load at start "
+                        "(repeatable; '*' loads them all)")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip compiling kernels at start (first requests pay for it)")
     p.add_argument("--log-level", default="info",
@@ -96,7 +105,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         batch_wait=args.batch_wait,
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup,
-        host=args.host, grpc_port=args.grpc_port, allow_shared_memory=args.allow_shared_memory)
+        host=args.host, grpc_port=args.grpc_port, allow_shared_memory=args.allow_shared_memory,
+        model_control_mode=args.model_control_mode,
+        repository_poll_secs=args.repository_poll_secs, load_models=tuple(args.load_model))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.allow_shared_memory and args.workers > 1:
         print("normserve serve: --allow-shared-memory needs --workers 1 (regions are registered "
               "in one process)", file=sys.stderr)
+        return 2
+    if args.load_model and args.model_control_mode != "explicit":
+        print("normserve serve: --load-model needs --model-control-mode explicit",
+              file=sys.stderr)
         return 2
     if not 0 <= args.grpc_port <= 65535:
         print("normserve serve: --grpc-port: must be a port number, or 0 for no gRPC",

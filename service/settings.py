@@ -43,6 +43,12 @@ class Settings:
     host: str = "127.0.0.1"  # the address both transports listen on
     grpc_port: int = 8001  # 0: no gRPC
     allow_shared_memory: bool = False  # Triton's system shared memory extension
+    # Triton's model control: "none" (load all at start), "poll" (rescan the repository every
+    # repository_poll_secs), "explicit" (load load_models at start, then what the repository
+    # API asks).
+    model_control_mode: str = "none"
+    repository_poll_secs: float = 15.0
+    load_models: tuple[str, ...] = ()
 
     def to_env(self) -> str:
         return orjson.dumps(asdict(self)).decode()
@@ -54,4 +60,6 @@ class Settings:
             return cls()
         data = orjson.loads(raw)
         known = {f.name for f in fields(cls)}
+        if "load_models" in data:
+            data["load_models"] = tuple(data["load_models"])
         return cls(**{k: v for k, v in data.items() if k in known})

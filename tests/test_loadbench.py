@@ -101,14 +101,15 @@ def test_targets_leave_out_what_was_not_run():
 
 
 def test_anchor_skips_with_a_reason_when_pytriton_is_absent(monkeypatch, capsys):
-    monkeypatch.setattr(lb, "triton_missing", lambda: "nvidia-pytriton is not installed")
+    monkeypatch.setattr(lb, "triton_missing", lambda python: "nvidia-pytriton is not installed")
     emitted = []
     args = argparse.Namespace(modes=list(lb.MODES), payloads=["1x1024"], clients=[1],
-                              duration=0.1, warmup=0.0)
+                              duration=0.1, warmup=0.0, anchor_python=None)
     lb.run_anchor(args, emitted.append)
     assert not emitted
     assert "skipped: the Triton anchor: nvidia-pytriton is not installed" in \
         capsys.readouterr().out
+    assert args.skipped == ["the Triton anchor: nvidia-pytriton is not installed"]
 
 
 def test_anchor_is_reported_missing_without_pytriton():
@@ -118,6 +119,11 @@ def test_anchor_is_reported_missing_without_pytriton():
     assert (reason is None) == (importlib.util.find_spec("pytriton") is not None)
     if reason:
         assert "nvidia-pytriton" in reason
+    assert "cannot run it" in lb.triton_missing("/no/such/python")
+
+
+def test_anchor_script_compiles():
+    compile(lb.TRITON_SCRIPT, "<triton anchor>", "exec")
 
 
 def test_sample_is_deterministic():

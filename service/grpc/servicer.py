@@ -21,7 +21,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from ..codec import InferCall
 from ..dataplane import DataPlane
 from ..errors import ApiError
-from .codec import decode_request, encode_response
+from .codec import decode_request, encode_response, parameters
 from .errors import status_code
 
 log = logging.getLogger("normserve")
@@ -112,12 +112,13 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def RepositoryModelLoad(self, request, context):
-        self.dp.control("load", request.model_name, _authorization(context))
+        await self.dp.load(request.model_name, _authorization(context),
+                           parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @_rpc
     async def RepositoryModelUnload(self, request, context):
-        self.dp.control("unload", request.model_name, _authorization(context))
+        await self.dp.unload(request.model_name, _authorization(context))
         return pb.RepositoryModelUnloadResponse()
 
     @_rpc
