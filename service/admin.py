@@ -22,9 +22,6 @@ def check_admin(authorization: str | None, settings: Settings) -> None:
     if not settings.admin_token:
         raise ApiError(403, "Authorization: model registration is disabled (start the server "
                             "with --admin-token or NORMSERVE_ADMIN_TOKEN)")
-    if settings.workers > 1:
-        raise ApiError(403, "Authorization: model registration needs a single worker "
-                            "(--workers 1); each worker holds its own models")
     header = authorization or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -62,16 +62,21 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
                  registry.root, len(registry.errors),
                  f"; gRPC on port {grpc_server.port}" if grpc_server else "")
         warm = asyncio.create_task(_warm_all(registry, grpc_server))
-        poll = (asyncio.create_task(registry.poll_forever())
-                if settings.model_control_mode == "poll" else None)
+        background = [warm]
+        if settings.model_control_mode == "poll":
+            background.append(asyncio.create_task(registry.poll_forever()))
+        if registry.cluster.active:  # several workers: follow the others' changes
+            registry.cluster.report(applied=registry.cluster.generation())
+            background.append(asyncio.create_task(registry.follow_forever()))
         _on_stop_signals(ctx, grpc_server)
         try:
             yield
         finally:
             ctx.draining = True
-            warm.cancel()
-            if poll is not None:
-                poll.cancel()
+            for task in background:
+                task.cancel()
+            registry.cluster.leave()
+            metrics.leave()
             if grpc_server is not None:
                 await grpc_server.stop(settings.request_timeout)
             for model in list(registry.models.values()):
@@ -102,6 +107,7 @@ def _on_stop_signals(ctx: Context, grpc_server: GrpcServer | None) -> None:
 
     def drain() -> None:
         ctx.draining = True
+        ctx.registry.cluster.report(ready=False)
         for model in list(ctx.registry.models.values()):
             model.batcher.flush()
         if grpc_server is not None:
@@ -129,6 +135,7 @@ async def _warm_all(registry: Registry, grpc_server: GrpcServer | None) -> None:
             await registry.warm(model)
         except Exception:  # a model that cannot run is reported, and the others still warm
             log.exception("warm-up of %s failed", model.name)
+    registry.cluster.report(ready=registry.ready)
     if grpc_server is not None and registry.ready:
         await grpc_server.set_serving(True)
 

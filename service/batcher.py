@@ -77,6 +77,8 @@ class Batcher:
         self.batching = batching
         self.adaptive = adaptive
         self.on_batch = on_batch
+        #: Told the queue's depth whenever it changes (the pending-requests gauge).
+        self.on_depth: Callable[[int], None] | None = None
         self._queue: deque[_Pending] = deque()
         self._waiter: asyncio.Future | None = None  # the loop sleeps on this
         self._closing = False
@@ -108,6 +110,7 @@ class Batcher:
         item = _Pending(x, (x.dtype, x.shape[1:]), loop.create_future(), time.perf_counter(),
                         out)
         self._queue.append(item)
+        self._depth_changed()
         self._wake_loop()
         timer = loop.call_later(timeout_s, self._expire, item)
         try:
@@ -122,6 +125,7 @@ class Batcher:
         item.future.set_exception(asyncio.TimeoutError())
         if item in self._queue:  # never started: take it out so it costs nothing
             self._queue.remove(item)
+            self._depth_changed()
             self._wake_loop()
 
     def flush(self) -> None:
@@ -139,6 +143,10 @@ class Batcher:
     @property
     def _stopping(self) -> bool:
         return self._closing or self._flushing
+
+    def _depth_changed(self) -> None:
+        if self.on_depth is not None:
+            self.on_depth(len(self._queue))
 
     def _wake_loop(self) -> None:
         if self._waiter is not None and not self._waiter.done():
@@ -171,6 +179,7 @@ class Batcher:
             if self.batching and first.rows < self.max_batch_size and not self._stopping:
                 await self._gather(first)
             batch = self._take()
+            self._depth_changed()
             if batch:
                 await self._run(batch)
 

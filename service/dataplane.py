@@ -32,6 +32,7 @@ from .log_settings import LogSettings
 from .model_config import triton_config
 from .registry import Model
 from .shared_memory import SharedMemory
+from .statistics import model_statistics
 
 log = logging.getLogger("normserve")
 
@@ -70,6 +71,8 @@ class DataPlane:
         if not all(m.ready for m in models):
             warm = sum(m.ready for m in models)
             return f"warming up: {warm} of {len(models)} models compiled"
+        if not self.ctx.registry.cluster.all_ready():
+            return f"waiting for every worker ({self.ctx.settings.workers}) to be ready"
         return None
 
     def server_metadata(self) -> dict[str, Any]:
@@ -97,8 +100,8 @@ class DataPlane:
     def statistics(self, name: str | None = None, version: str | None = None
                    ) -> dict[str, Any]:
         """Triton's statistics body: every model, or one (a 404 when unknown)."""
-        models = [self.model(name, version)] if name else self.ctx.registry.models.values()
-        return {"model_stats": [m.stats.as_dict() for m in models]}
+        names = [self.model(name, version).name] if name else list(self.ctx.registry.models)
+        return {"model_stats": model_statistics(self.ctx.metrics, names)}
 
     def repository_index(self, ready_only: bool, authorization: str | None
                          ) -> list[dict[str, Any]]:
@@ -170,21 +173,19 @@ class DataPlane:
                 out, timing = await current.batcher.submit(call.array, timeout, target)
         except (QueueFull, asyncio.TimeoutError, Closed) as exc:
             error = _refusal(exc, name, model, timeout)
-            self.ctx.metrics.observe_failure(name, error.reason)
-            model.stats.failure(time.perf_counter() - start)
+            self.ctx.metrics.observe_failure(name, error.reason, time.perf_counter() - start)
             raise error from None
         except ApiError as exc:
-            self.ctx.metrics.observe_failure(name, exc.reason or "BAD_REQUEST")
-            model.stats.failure(time.perf_counter() - start)
+            self.ctx.metrics.observe_failure(name, exc.reason or "BAD_REQUEST",
+                                             time.perf_counter() - start)
             raise
         return Answer(model, call, out, timing, start, decode_s)
 
     def done(self, answer: Answer, encode_s: float) -> None:
         """Record an answered request (after the transport encoded it)."""
-        total = time.perf_counter() - answer.start
-        name, t = answer.model.name, answer.timing
-        self.ctx.metrics.observe_success(name, total, t.queue_s)
-        answer.model.stats.success(total, answer.decode_s, t.queue_s, t.compute_s, encode_s)
+        t = answer.timing
+        self.ctx.metrics.observe_success(answer.model.name, time.perf_counter() - answer.start,
+                                         t.queue_s, answer.decode_s, t.compute_s, encode_s)
 
 
 def _refusal(exc: Exception, name: str, model: Model, timeout: float) -> ApiError:

@@ -28,12 +28,14 @@ from normserve.kernels.repository import (
 )
 
 from .batcher import Batcher
+from .cluster import Cluster
 from .errors import ApiError
 from .metrics import Metrics
 from .settings import Settings
-from .statistics import ModelStatistics
 
 log = logging.getLogger("normserve")
+#: How long a change made through one worker waits for the others to apply it.
+SYNC_TIMEOUT_S = 10.0
 DEMO_REPOSITORY = Path(__file__).parent / "demo_repository"
 
 
@@ -45,7 +47,6 @@ class Model:
     config: ModelConfig
     layer: PreparedLayer
     batcher: Batcher
-    stats: ModelStatistics
     ready: bool = False
     fingerprint: tuple | None = None  # of its folder when loaded (poll mode reloads changes)
     onnx_cache: dict[int, bytes] = field(default_factory=dict)
@@ -100,6 +101,12 @@ class Registry:
         self.errors: dict[str, str] = {}  # folder name -> why it was skipped
         self._locks: dict[str, asyncio.Lock] = {}  # one change of a name at a time
         self._failed: dict[str, tuple] = {}  # name -> fingerprint of a folder that failed
+        self.cluster = Cluster(settings.runtime_dir, settings.workers)
+        # Explicit model control: the names to serve (None: every folder).
+        self._wanted: set[str] | None = None
+        if settings.model_control_mode == "explicit" and "*" not in settings.load_models:
+            self._wanted = set(settings.load_models)
+            self.cluster.seed_wanted(self._wanted)
 
     @property
     def root(self) -> Path:
@@ -119,10 +126,9 @@ class Registry:
         for name in skipped:
             self.errors[name] = "name must match [A-Za-z0-9_.-]{1,64}"
             log.warning("skipping model folder %r: name must match [A-Za-z0-9_.-]{1,64}", name)
-        wanted = set(self.settings.load_models)
-        explicit = self.settings.model_control_mode == "explicit" and "*" not in wanted
+        wanted = self.wanted()
         for folder in folders:
-            if explicit and folder.name not in wanted:
+            if wanted is not None and folder.name not in wanted:
                 continue
             loaded = self._build(folder)
             if loaded is not None:
@@ -143,8 +149,46 @@ class Registry:
         self.errors.pop(folder.name, None)
         return config, layer
 
+    def wanted(self) -> set[str] | None:
+        """The models explicit model control serves (shared by the workers), else None."""
+        if self._wanted is None:
+            return None
+        return self.cluster.wanted() if self.cluster.active else self._wanted
+
+    async def synced(self, loaded: set[str] | None = None, drop: str | None = None
+                     ) -> tuple[int, int]:
+        """Tell the other workers of a change (this one has it) and wait for them, at most
+        ``SYNC_TIMEOUT_S``: (workers that have it, workers)."""
+        if self._wanted is not None:
+            self._wanted = (self._wanted | (loaded or set())) - {drop}
+        generation = self.cluster.changed(loaded, drop)
+        return await self.cluster.wait_applied(generation, SYNC_TIMEOUT_S)
+
+    async def follow_forever(self) -> None:
+        """With several workers: rescan whenever a sibling changed something."""
+        while True:
+            await asyncio.sleep(0.05)
+            generation = self.cluster.generation()
+            if generation > self.cluster.applied:
+                try:
+                    await self.rescan()
+                except Exception:
+                    log.exception("model repository %s: rescan failed", self.root)
+                self.cluster.report(applied=generation)
+
     # --- model control (SPEC 8): load, unload, poll ------------------------------------------
-    async def load(self, name: str, config: dict[str, Any] | None = None) -> Model:
+    async def load(self, name: str, config: dict[str, Any] | None = None) -> tuple[int, int]:
+        """Load (or reload) ``name`` on every worker (see ``_load``); (workers that have
+        it, workers)."""
+        await self._load(name, config)
+        return await self.synced(loaded={name})
+
+    async def unload(self, name: str) -> tuple[int, int]:
+        """Stop serving ``name`` on every worker (its folder stays)."""
+        await self._unload(name)
+        return await self.synced(drop=name)
+
+    async def _load(self, name: str, config: dict[str, Any] | None = None) -> Model:
         """Load (or reload) ``name`` from its folder, warm, then serve it in place of the
         current version; with ``config``, the folder's config.json is replaced first,
         durably (Triton's load with a configuration override)."""
@@ -169,7 +213,7 @@ class Registry:
             await old.batcher.close()  # its queued requests finish on the old version
         return model
 
-    async def unload(self, name: str) -> None:
+    async def _unload(self, name: str) -> None:
         """Stop serving ``name`` (its folder stays): queued requests finish first."""
         async with self._name_lock(name):
             self.get(name)
@@ -191,7 +235,8 @@ class Registry:
         A folder being written by hand may fail to load: it is reported, and loaded once a
         later scan sees it complete (its fingerprint changes)."""
         folders, _ = await asyncio.to_thread(scan_repository, self.root)
-        present = {f.name: f for f in folders}
+        wanted = self.wanted()
+        present = {f.name: f for f in folders if wanted is None or f.name in wanted}
         for name, folder in present.items():
             current = self.models.get(name)
             fingerprint = await asyncio.to_thread(_fingerprint, folder)
@@ -199,13 +244,13 @@ class Registry:
             if fingerprint == seen:
                 continue
             try:
-                await self.load(name)
+                await self._load(name)
                 log.info("model repository: %s %s", "reloaded" if current else "loaded", name)
             except ApiError as exc:
                 self._failed[name] = fingerprint
                 log.warning("model repository: %s", exc.message)
         for name in [n for n in self.models if n not in present]:
-            await self.unload(name)
+            await self._unload(name)
             log.info("model repository: unloaded %s (its folder is gone)", name)
         for name in [n for n in self.errors if n not in present]:
             del self.errors[name]
@@ -228,13 +273,11 @@ class Registry:
             index.append({"name": name, "version": "1", "state": state, "reason": reason})
         return index
 
-    def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer,
-                    stats: ModelStatistics) -> Batcher:
+    def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer) -> Batcher:
         s = self.settings
 
         def observe(rows: int, requests: int, compute_s: float) -> None:
             self.metrics.observe_batch(name, rows, requests, compute_s)
-            stats.batch(rows, compute_s)
 
         return Batcher(
             layer, self.executor,
@@ -248,14 +291,13 @@ class Registry:
     def add(self, name: str, config: ModelConfig, layer: PreparedLayer,
             fingerprint: tuple | None = None) -> tuple[Model, Model | None]:
         """Serve a model under ``name``; returns it and the model it replaced, if any."""
-        stats = ModelStatistics(name)
-        model = Model(name, config, layer, self.batcher_for(name, config, layer, stats), stats,
+        model = Model(name, config, layer, self.batcher_for(name, config, layer),
                       fingerprint=fingerprint)
         self._failed.pop(name, None)
         old = self.models.get(name)
         self.models[name] = model
         self.errors.pop(name, None)
-        self.metrics.pending.labels(name, "1").set_function(lambda: model.batcher.depth)
+        model.batcher.on_depth = self.metrics.pending.labels(name, "1").set
         return model, old
 
     def _writable_root(self) -> Path:
@@ -269,12 +311,20 @@ class Registry:
         return self._locks.setdefault(name, asyncio.Lock())
 
     async def register(self, name: str, config: ModelConfig, params: dict[str, Any],
-                       layer: PreparedLayer) -> tuple[Model, Model | None]:
-        """Write the model into the repository (durable before this returns), then serve it;
-        a 507 naming the cause when the repository cannot be written (nothing changes)."""
+                       layer: PreparedLayer) -> tuple[Model, Model | None, tuple[int, int]]:
+        """Write the model into the repository (durable before this returns), serve it, and
+        have every worker serve it; a 507 naming the cause when the repository cannot be
+        written (nothing changes). Returns the model, the one it replaced, and (workers
+        that serve it, workers)."""
         async with self._name_lock(name):
             await self._write(name, config.model_dump(exclude_none=True), params)
-            return self.add(name, config, layer, fingerprint=_fingerprint(self.root / name))
+            model, old = self.add(name, config, layer,
+                                  fingerprint=_fingerprint(self.root / name))
+            model.ready = True  # the caller compiled its kernels
+            model.batcher.start()
+        if old is not None:
+            await old.batcher.close()  # its queued requests finish on the old version
+        return model, old, await self.synced(loaded={name})
 
     async def _write(self, name: str, config: dict[str, Any], params: dict[str, Any]) -> None:
         root = self._writable_root()
@@ -296,7 +346,9 @@ class Registry:
             except OSError as exc:
                 raise ApiError(507, f"repository: cannot remove model {name!r} from {root} "
                                     f"({exc.strerror or exc}); nothing was changed") from None
-            return self.remove(name)
+            model = self.remove(name)
+        await self.synced(drop=name)
+        return model
 
     def remove(self, name: str) -> Model | None:
         model = self.models.pop(name, None)

@@ -109,13 +109,10 @@ async def register(name: str, request: Request) -> OrjsonResponse:
         layer = await _run(ctx, _build, config, params, ctx.settings.device, name)
     except ModelError as exc:
         raise ApiError(400, str(exc)) from None
-    model, old = await ctx.registry.register(name, config, params, layer)
-    model.ready = True
-    model.batcher.start()
-    if old is not None:
-        await old.batcher.close()
+    model, old, (synced, workers) = await ctx.registry.register(name, config, params, layer)
     return OrjsonResponse({"name": name, "replaced": old is not None,
-                           "metadata": model.metadata()}, 200 if old else 201)
+                           "metadata": model.metadata(),
+                           "workers": {"serving": synced, "of": workers}}, 200 if old else 201)
 
 
 @router.delete("/v1/models/{name}")

@@ -8,10 +8,13 @@ the app's lifespan drains the batch queues.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from .settings import ENV_VAR, Settings
@@ -140,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"normserve serve: --device: {exc}", file=sys.stderr)
             return 2
     settings = settings_from(args)
+    runtime_dir = None
+    if args.workers > 1:  # where the workers agree on what they serve (service.cluster)
+        runtime_dir = tempfile.mkdtemp(prefix="normserve-workers-")
+        settings = dataclasses.replace(settings, runtime_dir=runtime_dir)
+        # Metrics summed over the workers (service.metrics): set before they start.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime_dir, "metrics")
+        os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     os.environ[ENV_VAR] = settings.to_env()
     if args.workers > 1 and "NUMBA_NUM_THREADS" not in os.environ:
         # Each worker process has its own Numba thread pool: share the cores, don't
@@ -147,18 +157,26 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NUMBA_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
 
-    import uvicorn
-
     # uvicorn re-raises a captured SIGTERM once its graceful shutdown is done; the handler in
     # place then is this one, so a drained server exits 0 rather than dying of the signal.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        _run_uvicorn(args)
+    finally:
+        if runtime_dir is not None:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+    return 0
+
+
+def _run_uvicorn(args: argparse.Namespace) -> None:
+    import uvicorn
+
     uvicorn.run("normserve.service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 access_log=args.access_log, timeout_graceful_shutdown=None,
                 # request deadlines and a bound on connections (connections.py)
                 http="normserve.service.connections:HttpProtocol",
                 server_header=False)
-    return 0
 
 
 if __name__ == "__main__":

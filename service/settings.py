@@ -49,6 +49,9 @@ class Settings:
     model_control_mode: str = "none"
     repository_poll_secs: float = 15.0
     load_models: tuple[str, ...] = ()
+    # With --workers N: the folder the parent process made for its workers to agree in
+    # (service.cluster); None with one worker.
+    runtime_dir: str | None = None
 
     def to_env(self) -> str:
         return orjson.dumps(asdict(self)).decode()

@@ -1,75 +1,63 @@
-"""Triton's statistics extension (SPEC 7): per-model counts and cumulative durations.
+"""Triton's statistics extension (SPEC 7), read back from the metrics every request and batch
+already records (``service.metrics``): one source of numbers for ``/metrics`` and for the
+statistics, and with ``--workers N`` both are every worker's (prometheus-client's
+multiprocess files), whichever worker answers.
 
 Counted as Triton counts them: ``inference_count`` is rows, ``execution_count`` is batches
 the batcher really ran; ``inference_stats`` holds per-request (count, ns) pairs for success,
-failure, queueing, decoding (compute_input), the batch's kernel time (compute_infer) and
-encoding (compute_output); ``batch_stats`` holds, per executed batch size, how many batches
-of that size ran and their compute time. One ``ModelStatistics`` per served model, shared by
-both transports; the dict is the HTTP body and parses into the gRPC message as it is.
+failure, queueing, decoding (compute_input), the request's batch's compute time
+(compute_infer) and encoding (compute_output); ``batch_stats`` holds, per executed batch
+size, how many batches of that size ran and their compute time. The dicts are the HTTP body
+and parse into the gRPC messages as they are.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
-_PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output",
-           "cache_hit", "cache_miss")
+from .metrics import Metrics
+
+#: inference_stats phase -> (the counter of its requests, the counter of its microseconds).
+_PHASES = {
+    "success": ("nv_inference_request_success_total", "nv_inference_request_duration_us_total"),
+    "fail": ("nv_inference_request_failure_total", "normserve_request_failure_duration_us_total"),
+    "queue": ("nv_inference_request_success_total", "nv_inference_queue_duration_us_total"),
+    "compute_input": ("nv_inference_request_success_total",
+                      "nv_inference_compute_input_duration_us_total"),
+    "compute_infer": ("nv_inference_request_success_total",
+                      "nv_inference_compute_infer_duration_us_total"),
+    "compute_output": ("nv_inference_request_success_total",
+                       "nv_inference_compute_output_duration_us_total"),
+}
 
 
-@dataclass
-class _Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, seconds: float, count: int = 1) -> None:
-        self.count += count
-        self.ns += int(seconds * 1e9)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"count": self.count, "ns": self.ns}
+def _duration(count: float, us: float) -> dict[str, int]:
+    return {"count": int(count), "ns": round(us * 1000)}
 
 
-@dataclass
-class ModelStatistics:
-    """The counters of one model (one version: normserve serves version 1)."""
+def model_statistics(metrics: Metrics, names: list[str]) -> list[dict[str, Any]]:
+    """The statistics of the models ``names`` (version 1, the one served)."""
+    values = metrics.values()
+    stats = []
+    for name in names:
+        def get(sample: str, key: str = name) -> float:
+            return values.get((sample, key), 0.0)
 
-    name: str
-    version: str = "1"
-    inference_count: int = 0
-    execution_count: int = 0
-    last_inference_ms: int = 0
-    phases: dict[str, _Duration] = field(default_factory=lambda: {p: _Duration()
-                                                                  for p in _PHASES})
-    batches: dict[int, _Duration] = field(default_factory=dict)
-
-    def batch(self, rows: int, compute_s: float) -> None:
-        """A batch of ``rows`` rows ran in ``compute_s`` seconds."""
-        self.inference_count += rows
-        self.execution_count += 1
-        self.last_inference_ms = int(time.time() * 1000)
-        self.batches.setdefault(rows, _Duration()).add(compute_s)
-
-    def success(self, total_s: float, decode_s: float, queue_s: float, compute_s: float,
-                encode_s: float) -> None:
-        p = self.phases
-        p["success"].add(total_s)
-        p["compute_input"].add(decode_s)
-        p["queue"].add(queue_s)
-        p["compute_infer"].add(compute_s)
-        p["compute_output"].add(encode_s)
-
-    def failure(self, total_s: float) -> None:
-        self.phases["fail"].add(total_s)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "version": self.version,
-            "last_inference": self.last_inference_ms,
-            "inference_count": self.inference_count, "execution_count": self.execution_count,
-            "inference_stats": {p: d.as_dict() for p, d in self.phases.items()},
+        sizes = sorted(int(key.rsplit("/", 1)[1]) for sample, key in values
+                       if sample == "normserve_batch_executions_total"
+                       and key.startswith(name + "/"))
+        stats.append({
+            "name": name, "version": "1",
+            "last_inference": int(get("normserve_last_inference_timestamp_ms")),
+            "inference_count": int(get("nv_inference_count_total")),
+            "execution_count": int(get("nv_inference_exec_count_total")),
+            "inference_stats": {
+                phase: _duration(get(count), get(us)) for phase, (count, us) in _PHASES.items()},
             # The batcher times a batch as a whole (copy in, kernel, views out): compute_infer.
-            "batch_stats": [{"batch_size": size, "compute_infer": d.as_dict()}
-                            for size, d in sorted(self.batches.items())],
-        }
+            "batch_stats": [
+                {"batch_size": size, "compute_infer": _duration(
+                    get("normserve_batch_executions_total", f"{name}/{size}"),
+                    get("normserve_batch_compute_duration_us_total", f"{name}/{size}"))}
+                for size in sizes],
+        })
+    return stats
