@@ -183,3 +183,20 @@ def test_reloads_under_load_fail_no_request(tmp_path):
                 t.join(60)
         assert not failures, failures[:5]
         assert answered[0] > 100
+
+
+def test_replicas_on_one_repository_converge(tmp_path):
+    """Two servers (as two pods on one ReadWriteMany volume) in poll mode: a registration
+    through one is served by the other within the poll interval; a removal likewise."""
+    common = ("--model-repository", str(tmp_path), "--admin-token", TOKEN,
+              "--model-control-mode", "poll", "--repository-poll-secs", "0.3")
+    _rms(tmp_path / "a", 1.0)
+    with running_server(*common) as one, running_server(*common) as two:
+        resp = httpx.put(f"{one.url}/v1/models/b", headers=ADMIN, timeout=60, json={
+            "kind": "rms_norm", "normalized_shape": [N], "input_shape": [N],
+            "params": {"weight": {"shape": [N], "datatype": "FP32", "data": [6.0] * N}}})
+        assert resp.status_code == 201, resp.text
+        _eventually(lambda: _close(_served(two.url, "b"), _expected(6.0)))
+        assert httpx.delete(f"{two.url}/v1/models/a", headers=ADMIN).status_code == 200
+        _eventually(lambda: _served(one.url, "a") is None)
+        assert _close(_served(one.url, "b"), _expected(6.0))
