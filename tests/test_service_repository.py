@@ -5,10 +5,12 @@ refuses with 507 and changes nothing; the demo repository cannot be changed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -184,3 +186,62 @@ def test_write_and_remove_keep_the_users_folders(tmp_path):
     assert not (tmp_path / "mine").exists()
     assert sorted(p.name for p in Path(tmp_path).iterdir() if not p.name.startswith(".")) == []
     shutil.rmtree(tmp_path / REMOVED_DIR)
+
+
+def _put(url: str, name: str, weight: np.ndarray) -> httpx.Response:
+    return httpx.put(f"{url}/v1/models/{name}", json=_body(weight), headers=AUTH, timeout=120)
+
+
+def test_sigkill_during_registration_leaves_old_or_new(tmp_path):
+    """Six rounds of SIGKILL at a random moment of a replacement: after each restart the
+    model is the old or the new one, whole, and no folder is reported broken."""
+    import random
+    import threading
+
+    repo = tmp_path / "models"
+    repo.mkdir()
+    n = 400_000  # ~1.6 MB of parameters: the write takes a while
+    old_w, new_w = np.full(n, 1.0), np.full(n, 2.0)
+    x = np.random.default_rng(2).standard_normal((1, n)).astype(np.float32)
+    answers = {s: reference.rms_norm(x, [n], np.full(n, s)) for s in (1.0, 2.0)}
+    args = ("--model-repository", str(repo), "--admin-token", TOKEN)
+    rng = random.Random(7)
+    with running_server(*args) as srv:
+        assert _put(srv.url, "m", old_w).status_code == 201
+    for _ in range(6):
+        with running_server(*args) as srv:
+            def replace(url: str = srv.url) -> None:
+                with contextlib.suppress(httpx.HTTPError):  # killed mid-request: expected
+                    _put(url, "m", new_w)
+
+            put = threading.Thread(target=replace, daemon=True)
+            put.start()
+            time.sleep(rng.uniform(0.0, 1.5))
+            _kill(srv)
+        with running_server(*args) as srv:
+            resp = _infer(srv.url, "m", x)
+            assert resp.status_code == 200, resp.text
+            y = decode_response(resp)
+            assert any(np.allclose(y, a, rtol=1e-5, atol=1e-6) for a in answers.values())
+            index = httpx.post(f"{srv.url}/v2/repository/index", headers=AUTH).json()
+            assert [m["state"] for m in index] == ["READY"], index
+            _put(srv.url, "m", old_w)  # back to the old version for the next round
+        assert sorted(p.name for p in repo.iterdir() if not p.name.startswith(".")) == ["m"]
+
+
+def test_concurrent_registrations_of_one_name(tmp_path):
+    """Eight PUTs of one name at once: each gets its own answer, and the model served and
+    the folder on disk are one of them, whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_server("--model-repository", str(tmp_path), "--admin-token", TOKEN) as srv:
+        weights = [np.full(8, float(k + 1)) for k in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda w: _put(srv.url, "m", w).status_code, weights))
+        assert sorted(codes) == [200] * 7 + [201]
+        served = _served_weight(srv.url, "m")
+        matches = [k for k, w in enumerate(weights)
+                   if np.allclose(served, reference.rms_norm(X, [8], w), rtol=1e-5, atol=1e-6)]
+        assert len(matches) == 1
+        on_disk = load_model(tmp_path / "m")[1].params["weight"]
+        np.testing.assert_array_equal(on_disk, weights[matches[0]])
