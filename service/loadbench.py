@@ -558,7 +558,8 @@ def triton_missing(python: str | None = None) -> str | None:
     or None when it can."""
     hint = ("pip install nvidia-pytriton (0.7 wants numpy<2: best in a virtualenv of its own, "
             "given to --anchor-python)")
-    if python is None or os.path.realpath(python) == os.path.realpath(sys.executable):
+    # abspath, not realpath: every venv's python is a symlink to the same base interpreter.
+    if python is None or os.path.abspath(python) == os.path.abspath(sys.executable):
         if importlib.util.find_spec("pytriton") is None:
             return f"nvidia-pytriton is not installed in this interpreter ({hint})"
         return None
