@@ -200,3 +200,48 @@ def test_replicas_on_one_repository_converge(tmp_path):
         assert httpx.delete(f"{two.url}/v1/models/a", headers=ADMIN).status_code == 200
         _eventually(lambda: _served(one.url, "a") is None)
         assert _close(_served(one.url, "b"), _expected(6.0))
+
+
+def test_delete_and_hand_edits_racing_inference(tmp_path):
+    """Poll mode under load: a folder added by hand is picked up while 16 clients hammer
+    another model; then the loaded model is deleted under them: every answer is right, or a
+    clear 404/503 JSON error once it is gone, never a 500, and the server stays up."""
+    _rms(tmp_path / "a", 1.0)
+    with running_server("--model-repository", str(tmp_path), "--admin-token", TOKEN,
+                        "--model-control-mode", "poll", "--repository-poll-secs", "0.3") as srv:
+        stop = threading.Event()
+        bad: list[str] = []
+        codes: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def client() -> None:
+            body, headers = infer_binary_body(X, "FP32")
+            with httpx.Client(base_url=srv.url, timeout=60) as h:
+                while not stop.is_set():
+                    resp = h.post("/v2/models/a/infer", content=body, headers=headers)
+                    with lock:
+                        codes[resp.status_code] = codes.get(resp.status_code, 0) + 1
+                        if resp.status_code == 200:
+                            if not _close(decode_response(resp), _expected(1.0)):
+                                bad.append("wrong answer")
+                        elif resp.status_code not in (404, 503) or "error" not in resp.json():
+                            bad.append(f"{resp.status_code} {resp.text[:200]}")
+
+        threads = [threading.Thread(target=client) for _ in range(16)]
+        for t in threads:
+            t.start()
+        try:
+            _rms(tmp_path / ".incoming", 3.0)
+            os.rename(tmp_path / ".incoming", tmp_path / "b")
+            _eventually(lambda: _close(_served(srv.url, "b"), _expected(3.0)))
+            time.sleep(0.5)
+            assert httpx.delete(f"{srv.url}/v1/models/a", headers=ADMIN,
+                                timeout=60).status_code == 200
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert not bad, bad[:5]
+        assert codes.get(200, 0) > 50 and codes.get(404, 0) > 0, codes
+        assert _close(_served(srv.url, "b"), _expected(3.0))
