@@ -11,7 +11,6 @@ the KServe v2 spec), and each transport maps them once: ``errors.error_response`
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -34,12 +33,10 @@ from .registry import Model
 from .shared_memory import SharedMemory
 from .statistics import model_statistics
 
-log = logging.getLogger("normserve")
-
 VERSION = "1"
 #: The protocol extensions both transports serve (``GET /v2``, gRPC ServerMetadata).
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "logging",
-              "model_repository", "schedule_policy"]
+              "model_repository"]
 
 
 @dataclass

@@ -84,13 +84,9 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelMetadata(self, request, context):
-        meta = self.dp.model_metadata(request.name, request.version)
-        tensors = [{k: t[k] for k in ("name", "datatype", "shape")} for t in meta["inputs"]]
-        outputs = [{k: t[k] for k in ("name", "datatype", "shape")} for t in meta["outputs"]]
-        return pb.ModelMetadataResponse(
-            name=meta["name"], versions=meta["versions"], platform=meta["platform"],
-            inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in tensors],
-            outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in outputs])
+        # The HTTP body, parsed into the message (its extra "parameters" has no field there).
+        return json_format.ParseDict(self.dp.model_metadata(request.name, request.version),
+                                     pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
     @_rpc
     async def ModelConfig(self, request, context):
