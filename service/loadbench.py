@@ -10,9 +10,12 @@ clients 1, 8, 32, 128; one 1x1024 FP32 row and one 64x1024 block (layer norm); b
 off; 1 and 2 workers; and the modes (``--modes``): v2 binary and v2 JSON over HTTP, v2 over
 gRPC, and system shared memory over gRPC and over HTTP (each client registers its own input and
 output regions and sends only their names; one worker only, as the server requires; every
-output region is checked afterwards). ``--anchor`` adds a real Triton (nvidia-pytriton, Python
-backend, dynamic batching) driven by the same generators, when it is installed. Results are
-written as a markdown table, followed by the targets of the issue checked on the cells run.
+output region is checked afterwards). ``--peers triton kserve mlserver`` adds real peers
+(``loadbench_peers``: Triton through nvidia-pytriton, KServe's ModelServer, MLServer), each
+driven by the same generators in the modes it serves, after its answer to each mode's request is
+checked against NumPy; a peer that is missing, does not start or answers wrongly is skipped,
+saying why. Results are written as a markdown table, followed by the targets of the issue
+checked on the cells run, against normserve's own HTTP and the best peer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import itertools
 import os
 import re
@@ -42,14 +44,14 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-MODEL = "layer_norm_1024"
+from .loadbench_peers import MODEL, PEERS, PeerMissing, installed, reference, write_params
+
 PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
 #: mode -> the protocol column of the table (the HTTP labels are the ones of earlier runs).
 MODES = {"http-binary": "v2 binary", "http-json": "v2 json", "grpc": "v2 grpc",
          "shm-grpc": "shm grpc", "shm-http": "shm http"}
 SHM_MODES = ("shm-grpc", "shm-http")
 QUICK_MODES = ["http-binary", "grpc", "shm-grpc", "shm-http"]
-ANCHOR = "triton (pytriton)"
 #: gRPC messages up to the server's default --max-body-bytes (a 64x1024 FP32 block is 256 KiB).
 GRPC_LIMIT = 64 * 1024 * 1024
 
@@ -79,7 +81,7 @@ def build_request(path: str, body: bytes, headers: dict[str, str], port: int) ->
 def infer_body(shape: tuple[int, int], protocol: str, input_name: str = "x"
                ) -> tuple[bytes, dict[str, str]]:
     """An HTTP v2 body. normserve takes its one input under any name (the earlier runs sent
-    "x"); Triton, the anchor, wants the declared name "input"."""
+    "x"); the peers want the declared name "input"."""
     x = sample(shape)
     if protocol == "json":
         body = orjson.dumps({"inputs": [{"name": input_name, "shape": list(shape),
@@ -133,13 +135,28 @@ async def _client(port: int, request: bytes, until: float, lat: list[float], err
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
             m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-            await reader.readexactly(int(m.group(1)) if m else 0)
+            if m:
+                await reader.readexactly(int(m.group(1)))
+            else:
+                await _read_chunks(reader, head)
             if status != 200:
                 errs.append(status)
             else:
                 lat.append(time.perf_counter() - t0)
     finally:
         writer.close()
+
+
+async def _read_chunks(reader: asyncio.StreamReader, head: bytes) -> None:
+    """Reads a chunked body (KServe's binary replies carry no Content-Length); nothing when
+    the reply has no body."""
+    if not re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+        return
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        await reader.readexactly(size + 2)  # the chunk and its CRLF; after the last, no trailer
+        if not size:
+            return
 
 
 async def _load(port: int, requests: Sequence[bytes], clients: int, duration: float,
@@ -327,8 +344,8 @@ class Ports:
 @contextlib.contextmanager
 def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
            python: str | None = None) -> Iterator[Ports]:
-    """One server of ``kind`` (echo, grpc-echo, normserve, triton) on free loopback ports.
-    ``python``: the interpreter of the Triton anchor (default: this one)."""
+    """One server of ``kind`` (echo, grpc-echo, normserve, or a peer of ``PEERS``) on free
+    loopback ports. ``python``: the interpreter of the peer (default: this one)."""
     ports = Ports(_free_port())
     stack = contextlib.ExitStack()
     probe: str | Callable[[], bool]
@@ -342,13 +359,11 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
         cmd = [sys.executable, "-c", "from normserve.service.loadbench import _serve_grpc_echo; "
                f"_serve_grpc_echo({ports.grpc}, {workers > 1})"]
         probe = _grpc_ready(ports.grpc)
-    elif kind == "triton":
-        # A NumPy layer norm in Triton's Python backend with dynamic batching like normserve's
-        # (max batch 256, 500 us queue delay): one model instance, as normserve has one worker.
+    elif kind in PEERS:
         ports.grpc, ports.metrics = _free_port(), _free_port()
-        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="loadbench-triton-"))
-        cmd = [python or sys.executable, "-c", TRITON_SCRIPT, str(ports.http), str(ports.grpc),
-               str(ports.metrics), _anchor_params(scratch), MODEL]
+        scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix=f"loadbench-{kind}-"))
+        cmd = PEERS[kind].command(python or sys.executable, ports.http, ports.grpc,
+                                  ports.metrics, write_params(scratch))
         probe = f"http://127.0.0.1:{ports.http}/v2/models/{MODEL}/ready"
     else:
         # Always a free gRPC port: the default 8001 may be taken, and one server then serves
@@ -389,13 +404,14 @@ def _scrape(ports: Ports, workers: int) -> dict[str, tuple[float, float]]:
     for _ in range(12 if workers > 1 else 1):
         text = httpx.get(url, timeout=10).text
         pid = re.search(r'normserve_process_info\{pid="(\d+)"\}', text)
-        # normserve's counters end in _total; Triton's (the anchor) do not.
-        reqs = re.search(rf'nv_inference_request_success(?:_total)?\{{model="{MODEL}".*\}} (\S+)',
-                         text)
-        execs = re.search(rf'nv_inference_exec_count(?:_total)?\{{model="{MODEL}".*\}} (\S+)',
-                          text)
-        seen[pid.group(1) if pid else "?"] = (float(reqs.group(1)) if reqs else 0.0,
-                                              float(execs.group(1)) if execs else 0.0)
+        # normserve's counters end in _total, Triton's do not; MLServer counts requests under
+        # its own name, one series per version label (REST says "None", gRPC ""), and its peer
+        # script counts batches under Triton's name.
+        reqs = re.findall(rf'(?:nv_inference_request_success|model_infer_request_success)'
+                          rf'(?:_total)?\{{model="{MODEL}".*\}} (\S+)', text)
+        execs = re.findall(rf'nv_inference_exec_count(?:_total)?\{{model="{MODEL}".*\}} (\S+)',
+                           text)
+        seen[pid.group(1) if pid else "?"] = (sum(map(float, reqs)), sum(map(float, execs)))
         if len(seen) >= workers:
             break
     return seen
@@ -500,7 +516,7 @@ class ShmClients:
             self._channel.close()
 
 
-def _expected_output(ports: Ports, shape: tuple[int, int]) -> np.ndarray:
+def _grpc_answer(ports: Ports, shape: tuple[int, int]) -> np.ndarray:
     """The model's answer for the sample, over plain gRPC: what the shared-memory cells must
     find in their output regions."""
     import grpc
@@ -511,76 +527,53 @@ def _expected_output(ports: Ports, shape: tuple[int, int]) -> np.ndarray:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         reply = stub.ModelInfer(service_pb2.ModelInferRequest.FromString(grpc_request(shape)),
                                 timeout=60)
-    return np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(shape)
+    out = reply.outputs[0]
+    raw = reply.raw_output_contents
+    data = (np.frombuffer(raw[0], np.float32) if raw
+            else np.asarray(out.contents.fp32_contents, np.float32))
+    return data.reshape(tuple(out.shape))
 
 
-# --- the anchor peer: a real Triton (nvidia-pytriton) ---
-# nvidia-pytriton 0.7 pins numpy<2, so it usually lives in a virtualenv of its own
-# (--anchor-python): this script needs only numpy and pytriton there, not normserve.
-TRITON_SCRIPT = """
-import os, sys, sysconfig
-import numpy as np
-from pytriton.decorators import batch
-from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+def _http_answer(ports: Ports, body: bytes, headers: dict[str, str]) -> np.ndarray:
+    """The model's answer to an HTTP v2 request, JSON or binary (the binary tensor
+    extension: a JSON header of Inference-Header-Content-Length bytes, then the raw tensor)."""
+    import httpx
 
-http_port, grpc_port, metrics_port = (int(a) for a in sys.argv[1:4])
-params = np.load(sys.argv[4])
-weight, bias, eps = params["weight"], params["bias"], np.float32(1e-5)
-# Triton's Python-backend stub links against libpython: point it (a child of tritonserver,
-# itself a child of this process) at this interpreter's.
-os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
-    p for p in (sysconfig.get_config_var("LIBDIR"), os.environ.get("LD_LIBRARY_PATH")) if p)
+    reply = httpx.post(f"http://127.0.0.1:{ports.http}/v2/models/{MODEL}/infer", content=body,
+                       headers=headers, timeout=60)
+    reply.raise_for_status()
+    size = int(reply.headers.get("inference-header-content-length", len(reply.content)))
+    out = orjson.loads(reply.content[:size])["outputs"][0]
+    data = (np.frombuffer(reply.content[size:], np.float32) if size < len(reply.content)
+            else np.asarray(out["data"], np.float32))
+    return data.reshape(out["shape"])
 
 
-@batch
-def layer_norm(**inputs):
-    x = inputs["input"]
-    mean = x.mean(axis=-1, keepdims=True)
-    var = x.var(axis=-1, keepdims=True)
-    return {"output": ((x - mean) / np.sqrt(var + eps) * weight + bias).astype(np.float32)}
+def _answer(mode: str, ports: Ports, shape: tuple[int, int]) -> np.ndarray:
+    """The answer to the request the cells of ``mode`` send (the shared-memory modes: over
+    plain gRPC, the answer their output regions are then checked against)."""
+    if mode in ("http-binary", "http-json"):
+        return _http_answer(ports, *infer_body(shape, mode.removeprefix("http-"), "input"))
+    return _grpc_answer(ports, shape)
 
 
-config = TritonConfig(http_address="127.0.0.1", http_port=http_port, grpc_address="127.0.0.1",
-                      grpc_port=grpc_port, metrics_port=metrics_port, allow_gpu_metrics=False)
-with Triton(config=config) as triton:
-    triton.bind(model_name=sys.argv[5], infer_func=layer_norm,
-                inputs=[Tensor(name="input", dtype=np.float32, shape=(1024,))],
-                outputs=[Tensor(name="output", dtype=np.float32, shape=(1024,))],
-                config=ModelConfig(max_batch_size=256,
-                                   batcher=DynamicBatcher(max_queue_delay_microseconds=500)))
-    triton.serve()
-"""
+def wrong_answer(mode: str, ports: Ports, payload: str) -> str | None:
+    """Why a peer's answer in ``mode`` is not NumPy's layer norm of the sample, or None when
+    it is: a peer is measured only once its answers are right."""
+    import grpc
+    import httpx
 
-
-def triton_missing(python: str | None = None) -> str | None:
-    """Why the Triton anchor cannot run with the interpreter ``python`` (default: this one),
-    or None when it can."""
-    hint = ("pip install nvidia-pytriton (0.7 wants numpy<2: best in a virtualenv of its own, "
-            "given to --anchor-python)")
-    # abspath, not realpath: every venv's python is a symlink to the same base interpreter.
-    if python is None or os.path.abspath(python) == os.path.abspath(sys.executable):
-        if importlib.util.find_spec("pytriton") is None:
-            return f"nvidia-pytriton is not installed in this interpreter ({hint})"
-        return None
+    shape = PAYLOADS[payload]
     try:
-        done = subprocess.run([python, "-c", "import pytriton"], capture_output=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"--anchor-python {python}: cannot run it ({exc})"
-    if done.returncode:
-        return f"--anchor-python {python}: cannot import pytriton ({hint})"
+        y = _answer(mode, ports, shape)
+    except (httpx.HTTPError, grpc.RpcError, LookupError, TypeError, ValueError) as exc:
+        return f"no answer: {exc!r}"[:500]
+    want = reference(sample(shape))
+    if y.shape != want.shape:
+        return f"output shape {y.shape}, want {want.shape}"
+    if not np.allclose(y, want, rtol=1e-4, atol=1e-4):
+        return f"max |error| {np.nanmax(np.abs(y - want)):.3g} against NumPy"
     return None
-
-
-def _anchor_params(folder: str) -> str:
-    """The demo model's weight and bias as an .npz the anchor script loads."""
-    from safetensors.numpy import load_file
-
-    params = load_file(str(Path(__file__).parent / "demo_repository" / MODEL
-                           / "params.safetensors"))
-    path = os.path.join(folder, "params.npz")
-    np.savez(path, weight=params["weight"], bias=params["bias"])
-    return path
 
 
 # --- the matrix ---
@@ -640,7 +633,7 @@ def driver(mode: str, ports: Ports, payload: str, args: argparse.Namespace,
         yield lambda clients: _stats(*generate_grpc(ports.grpc, [request], clients,
                                                     args.duration, args.warmup, nbytes))
     else:
-        expected = _expected_output(ports, shape)
+        expected = _grpc_answer(ports, shape)
         regions = ShmClients(ports, mode.removeprefix("shm-"), shape, max(args.clients))
 
         def measure(clients: int) -> tuple[float, float, float, int]:
@@ -710,29 +703,57 @@ def run(args: argparse.Namespace) -> list[Row]:
                             emit(Row("normserve", workers, batching, MODES[mode], payload,
                                      clients, rps, p50, p99, err,
                                      _batch(before, _scrape(ports, workers))))
-    if args.anchor:
-        run_anchor(args, emit)
+    run_peers(args, emit)
     return rows
 
 
-def run_anchor(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
-    """The same generators, every mode, against a real Triton (nvidia-pytriton) with one
-    model instance and dynamic batching, when it is installed."""
-    missing = triton_missing(args.anchor_python)
-    if missing:
-        skip(args, f"the Triton anchor: {missing}")
-        return
-    try:
-        with server("triton", 1, True, python=args.anchor_python) as ports:
-            for payload, mode in itertools.product(args.payloads, args.modes):
-                with driver(mode, ports, payload, args, input_name="input") as measure:
-                    for clients in args.clients:
-                        before = _scrape(ports, 1)
-                        rps, p50, p99, err = measure(clients)
-                        emit(Row(ANCHOR, 1, "on", MODES[mode], payload, clients, rps, p50,
-                                 p99, err, _batch(before, _scrape(ports, 1))))
-    except RuntimeError as exc:  # the anchor did not start: say why, keep normserve's rows
-        skip(args, f"the Triton anchor did not start: {exc}")
+def run_peers(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
+    """The same generators against each peer of ``--peers``, one at a time; a peer that is
+    missing or does not start is skipped, saying why, and the rows already made stay."""
+    import grpc
+    import httpx
+
+    for name in args.peers:
+        python = args.peer_python.get(name)
+        try:
+            label = PEERS[name].label.format(version=installed(name, python))
+        except PeerMissing as exc:
+            skip(args, f"the {name} peer: {exc}")
+            continue
+        modes = []
+        for mode in args.modes:
+            why = PEERS[name].unsupported.get(mode)
+            if why:
+                skip(args, f"{label}, {MODES[mode]}: {why}")
+            else:
+                modes.append(mode)
+        if not modes:
+            continue
+        try:
+            with server(name, 1, True, python=python) as ports:
+                _measure_peer(name, label, modes, ports, args, emit)
+        except (RuntimeError, OSError, httpx.HTTPError, grpc.RpcError) as exc:
+            # It did not start, died or refused a setup call: say why, keep the other rows.
+            skip(args, f"{label} failed: {type(exc).__name__}: {exc}")
+
+
+def _measure_peer(name: str, label: str, modes: list[str], ports: Ports,
+                  args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
+    """Every cell of ``modes`` against one running peer, each mode and payload only once its
+    answer has been checked against NumPy."""
+    peer = PEERS[name]
+    for payload, mode in itertools.product(args.payloads, modes):
+        wrong = wrong_answer(mode, ports, payload)
+        if wrong:
+            skip(args, f"{label}, {MODES[mode]} {payload}: WRONG ANSWER, not measured ({wrong})")
+            continue
+        with driver(mode, ports, payload, args, input_name="input") as measure:
+            for clients in args.clients:
+                before = _scrape(ports, 1) if peer.counts_batches else {}
+                rps, p50, p99, err = measure(clients)
+                batch = _batch(before, _scrape(ports, 1)) if peer.counts_batches else "-"
+                emit(Row(label, 1, peer.batching, MODES[mode], payload, clients, rps, p50, p99,
+                         err, batch))
 
 
 def table(rows: list[Row]) -> str:
@@ -785,16 +806,12 @@ def targets(rows: list[Row]) -> list[str]:
                 and echo.rps:
             notes.append(f"- v2 grpc {payload}, {w} worker(s), 32 clients: {r.rps / echo.rps:.2f}x "
                          f"the bare grpc.aio echo's req/s ({r.rps:.0f} vs {echo.rps:.0f})")
-    # normserve next to the Triton anchor, cell by cell at 32 clients.
-    for (srv, w, b, proto, payload, c), r in idx.items():
-        peer = idx.get((ANCHOR, 1, "on", proto, payload, c))
-        if srv == "normserve" and w == 1 and b == "on" and c == 32 and peer and peer.rps:
-            notes.append(f"- {proto} {payload}, 1 worker, 32 clients: normserve {r.rps:.0f} vs "
-                         f"Triton {peer.rps:.0f} req/s ({r.rps / peer.rps:.2f}x)")
-    # req/s never falls as clients grow from 8 to 32 to 128 (batching on, per mode and payload).
+    notes += peer_targets(rows)
+    # req/s never falls as clients grow from 8 to 32 to 128 (normserve with batching on, and
+    # the peers, per mode and payload).
     series: dict[tuple, list[Row]] = {}
     for r in rows:
-        if not r.server.endswith("echo") and r.batching == "on" and r.clients in (8, 32, 128):
+        if (r.batching == "on" or _is_peer(r)) and r.clients in (8, 32, 128):
             series.setdefault((r.server, r.workers, r.protocol, r.payload), []).append(r)
     for (srv, w, proto, payload), rs in series.items():
         if len(rs) < 2:
@@ -807,24 +824,72 @@ def targets(rows: list[Row]) -> list[str]:
     return notes
 
 
-def main(argv: list[str] | None = None) -> int:
+def _is_peer(row: Row) -> bool:
+    return row.server != "normserve" and not row.server.endswith("echo")
+
+
+def _peer_target(protocol: str, payload: str, clients: int) -> float | None:
+    """The issue's ratio to the best peer: 3x in every HTTP cell at 1, 8 and 32 clients; 2x
+    for gRPC 1x1024 at 32 clients."""
+    if protocol in ("v2 binary", "v2 json") and clients in (1, 8, 32):
+        return 3.0
+    return 2.0 if (protocol, payload, clients) == ("v2 grpc", "1x1024", 32) else None
+
+
+def peer_targets(rows: list[Row]) -> list[str]:
+    """normserve (one worker, batching on) next to each peer cell by cell at 32 clients, then
+    the issue's targets against the best peer of each cell."""
+    mine = {(r.protocol, r.payload, r.clients): r for r in rows
+            if r.server == "normserve" and r.workers == 1 and r.batching == "on"}
+    peers = [r for r in rows if _is_peer(r) and r.rps]
+    notes = []
+    for r in peers:
+        ns = mine.get((r.protocol, r.payload, r.clients))
+        if ns and r.clients == 32:
+            notes.append(f"- {r.protocol} {r.payload}, 1 worker, 32 clients: normserve "
+                         f"{ns.rps:.0f} vs {r.server} {r.rps:.0f} req/s ({ns.rps / r.rps:.2f}x)")
+    cells: dict[tuple[str, str, int], list[Row]] = {}
+    for r in peers:
+        cells.setdefault((r.protocol, r.payload, r.clients), []).append(r)
+    for (proto, payload, c), rs in cells.items():
+        want, ns = _peer_target(proto, payload, c), mine.get((proto, payload, c))
+        if want is None or ns is None:
+            continue
+        best = max(rs, key=lambda r: r.rps)
+        ratio = ns.rps / best.rps
+        notes.append(f"- {proto} {payload}, {c} clients: normserve {ns.rps:.0f} req/s, "
+                     f"{ratio:.2f}x the best peer, {best.server} ({best.rps:.0f}; of "
+                     f"{', '.join(r.server for r in rs)}) (target >= {want:g}): "
+                     f"{_met(ratio >= want)}")
+    return notes
+
+
+def _peer_python(text: str) -> tuple[str, str]:
+    name, _, python = text.partition("=")
+    if name not in PEERS or not python:
+        raise argparse.ArgumentTypeError(f"want NAME=PYTHON, NAME one of {', '.join(PEERS)}")
+    return name, python
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m normserve.service.loadbench",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=list(PAYLOADS))
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=None,
-                   help="what normserve is driven with (default: all; shared memory with one "
-                        "worker only)")
+                   help="what normserve and the peers are driven with (default: all; shared "
+                        "memory with one worker only)")
     p.add_argument("--batching", nargs="+", choices=("on", "off"), default=["on", "off"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-echo", dest="echo", action="store_false",
                    help="leave out the bare FastAPI and grpc.aio echoes (the ceilings)")
-    p.add_argument("--anchor", action="store_true",
-                   help="also drive a real Triton (nvidia-pytriton) with the selected "
-                        "modes; skipped, saying why, when it is not installed")
-    p.add_argument("--anchor-python", metavar="PYTHON",
-                   help="the interpreter that runs the Triton anchor (one with nvidia-pytriton; "
-                        "default: this one)")
+    p.add_argument("--peers", nargs="+", choices=list(PEERS), default=[],
+                   help="also drive these servers with the selected modes they serve, after "
+                        "checking their answers; skipped, saying why, when missing or wrong")
+    p.add_argument("--peer-python", type=_peer_python, action="append", default=[],
+                   metavar="NAME=PYTHON",
+                   help="the interpreter that runs peer NAME (repeatable; default: this one); "
+                        "`python -m normserve.service.loadbench_peers setup DIR` makes them")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds measured per cell (default 5; --quick: 1)")
     p.add_argument("--warmup", type=float, default=None,
@@ -843,6 +908,12 @@ def main(argv: list[str] | None = None) -> int:
     args.modes = args.modes or list(MODES)
     args.duration = 5.0 if args.duration is None else args.duration
     args.warmup = 1.0 if args.warmup is None else args.warmup
+    args.peer_python = dict(args.peer_python)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     rows = run(args)
     text = (f"Load benchmark (`python -m normserve.service.loadbench`), {os.cpu_count()} CPU(s), "
             f"{args.duration:g} s per cell, load generator on the same machine.\n\n"

@@ -1,19 +1,24 @@
 """The load benchmark (``python -m normserve.service.loadbench``): its ``--quick`` smoke run
 end to end over every quick mode (HTTP binary, gRPC, system shared memory over gRPC and over
-HTTP), kept short; the request builders; the targets it checks; and the Triton anchor skipping
-cleanly when nvidia-pytriton is absent."""
+HTTP), kept short; the request builders; the targets it checks, against normserve's own HTTP and
+against the best peer; and the peers (``loadbench_peers``): KServe's ModelServer run for real
+(kserve is a test dependency), answers checked against NumPy, and missing or wrong peers
+skipped, saying why."""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import contextlib
 import os
 
+import httpx
 import numpy as np
 import orjson
 import pytest
 from tritonclient.grpc import service_pb2
 
 from normserve.service import loadbench as lb
+from normserve.service import loadbench_peers as lbp
 
 
 def _table_rows(text: str) -> list[list[str]]:
@@ -100,30 +105,179 @@ def test_targets_leave_out_what_was_not_run():
     assert not [n for n in notes if "HTTP v2 binary" in n or "never falls" in n]
 
 
-def test_anchor_skips_with_a_reason_when_pytriton_is_absent(monkeypatch, capsys):
-    monkeypatch.setattr(lb, "triton_missing", lambda python: "nvidia-pytriton is not installed")
+def _peer_row(server: str, protocol: str, payload: str, clients: int, rps: float) -> lb.Row:
+    return lb.Row(server, 1, "on", protocol, payload, clients, rps, 1.0, 2.0, 0, "-")
+
+
+def test_targets_against_the_best_peer():
+    rows = [_row("v2 binary", "1x1024", c, rps) for c, rps in ((1, 3000), (8, 6000), (32, 6000),
+                                                               (128, 6000))]
+    rows += [_row("v2 grpc", "1x1024", 32, 2400), _row("v2 grpc", "64x1024", 32, 700)]
+    rows += [_peer_row("triton (pytriton 0.7.0)", "v2 binary", "1x1024", c, rps)
+             for c, rps in ((1, 300), (8, 1000), (32, 1500), (128, 1000))]
+    rows += [_peer_row("kserve 0.21.0", "v2 binary", "1x1024", c, rps)
+             for c, rps in ((1, 1100), (8, 1300), (32, 1200))]
+    rows += [_peer_row("kserve 0.21.0", "v2 grpc", "1x1024", 32, 1000),
+             _peer_row("mlserver 1.7.1", "v2 grpc", "1x1024", 32, 1500),
+             _peer_row("mlserver 1.7.1", "v2 grpc", "64x1024", 32, 100)]
+    notes = "\n".join(lb.targets(rows))
+    assert "- v2 binary 1x1024, 1 clients: normserve 3000 req/s, 2.73x the best peer, kserve " \
+           "0.21.0 (1100; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): NOT met" \
+           in notes
+    assert "- v2 binary 1x1024, 32 clients: normserve 6000 req/s, 4.00x the best peer, triton " \
+           "(pytriton 0.7.0) (1500; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): " \
+           "met" in notes
+    assert "- v2 grpc 1x1024, 32 clients: normserve 2400 req/s, 1.60x the best peer, mlserver " \
+           "1.7.1 (1500; of kserve 0.21.0, mlserver 1.7.1) (target >= 2): NOT met" in notes
+    # No target past 32 clients, nor for gRPC 64x1024; the cell by cell lines stay.
+    assert "128 clients: normserve" not in notes and "64x1024, 32 clients: normserve 700" \
+        not in notes
+    assert "- v2 grpc 64x1024, 1 worker, 32 clients: normserve 700 vs mlserver 1.7.1 100 req/s " \
+           "(7.00x)" in notes
+    assert "- v2 binary 1x1024, 1 worker, 32 clients: normserve 6000 vs kserve 0.21.0 1200 " \
+           "req/s (5.00x)" in notes
+
+
+def test_missing_peers_are_skipped_with_a_reason(capsys):
+    args = lb.parse_args(["--peers", "kserve", "triton", "--peer-python",
+                          "kserve=/no/such/python", "--peer-python", "triton=/no/such/python"])
     emitted = []
-    args = argparse.Namespace(modes=list(lb.MODES), payloads=["1x1024"], clients=[1],
-                              duration=0.1, warmup=0.0, anchor_python=None)
-    lb.run_anchor(args, emitted.append)
+    lb.run_peers(args, emitted.append)
     assert not emitted
-    assert "skipped: the Triton anchor: nvidia-pytriton is not installed" in \
-        capsys.readouterr().out
-    assert args.skipped == ["the Triton anchor: nvidia-pytriton is not installed"]
+    assert args.skipped == [
+        "the kserve peer: --peer-python kserve=/no/such/python: cannot run it ("
+        "[Errno 2] No such file or directory: '/no/such/python')",
+        "the triton peer: --peer-python triton=/no/such/python: cannot run it ("
+        "[Errno 2] No such file or directory: '/no/such/python')"]
+    assert "(skipped: the kserve peer: --peer-python kserve=/no/such/python: cannot run it" \
+        in capsys.readouterr().out
 
 
-def test_anchor_is_reported_missing_without_pytriton():
+def test_a_peer_is_reported_missing_from_this_interpreter():
     import importlib.util
 
-    reason = lb.triton_missing()
-    assert (reason is None) == (importlib.util.find_spec("pytriton") is not None)
-    if reason:
-        assert "nvidia-pytriton" in reason
-    assert "cannot run it" in lb.triton_missing("/no/such/python")
+    for name, peer in lbp.PEERS.items():
+        if importlib.util.find_spec(peer.module) is None:
+            with pytest.raises(lbp.PeerMissing, match=f"{peer.dist} is not installed in this "
+                               "interpreter .pip install"):
+                lbp.installed(name)
+        else:
+            assert lbp.installed(name)[0].isdigit()
 
 
-def test_anchor_script_compiles():
-    compile(lb.TRITON_SCRIPT, "<triton anchor>", "exec")
+def test_peer_python_names_a_peer():
+    args = lb.parse_args(["--peer-python", "kserve=/a/python", "--peer-python", "mlserver=/b"])
+    assert args.peer_python == {"kserve": "/a/python", "mlserver": "/b"}
+    for bad in ("kserve", "onnx=/a/python", "kserve="):
+        with pytest.raises(SystemExit):
+            lb.parse_args(["--peer-python", bad])
+
+
+def test_a_peer_answering_wrong_is_not_measured(monkeypatch, capsys):
+    """A wrong answer skips that mode loudly (the peer's other modes still run)."""
+    @contextlib.contextmanager
+    def fake_server(kind, workers, batching, python=None):
+        yield lb.Ports(1, 2, 3)
+
+    monkeypatch.setattr(lb, "installed", lambda name, python=None: "9.9")
+    monkeypatch.setattr(lb, "server", fake_server)
+    monkeypatch.setattr(lb, "wrong_answer", lambda mode, ports, payload: "max |error| 1")
+    args = lb.parse_args(["--peers", "mlserver", "--modes", "http-binary", "http-json",
+                          "--payloads", "1x1024"])
+    lb.run_peers(args, pytest.fail)
+    assert args.skipped == [
+        "mlserver 9.9, v2 binary: no binary tensor extension over HTTP (a binary request gets "
+        "500)",
+        "mlserver 9.9, v2 json 1x1024: WRONG ANSWER, not measured (max |error| 1)"]
+    assert "WRONG ANSWER" in capsys.readouterr().out
+
+
+def test_answers_are_checked_against_numpy(monkeypatch):
+    ports = lb.Ports(1, 2)
+    right = lbp.reference(lb.sample((1, 1024)))
+    monkeypatch.setattr(lb, "_answer", lambda mode, ports, shape: right)
+    assert lb.wrong_answer("grpc", ports, "1x1024") is None
+    monkeypatch.setattr(lb, "_answer", lambda mode, ports, shape: right + 1e-2)
+    assert lb.wrong_answer("grpc", ports, "1x1024") == "max |error| 0.01 against NumPy"
+    monkeypatch.setattr(lb, "_answer", lambda mode, ports, shape: right.ravel())
+    assert lb.wrong_answer("grpc", ports, "1x1024") == "output shape (1024,), want (1, 1024)"
+
+    def refused(mode, ports, shape):
+        raise httpx.ConnectError("refused")
+
+    monkeypatch.setattr(lb, "_answer", refused)
+    assert lb.wrong_answer("http-json", ports, "1x1024") == "no answer: ConnectError('refused')"
+
+
+@pytest.mark.timeout(120)
+def test_kserve_peer_answers_right_and_is_measured():
+    """KServe's ModelServer with this interpreter (kserve is a test dependency), through the
+    benchmark's own path: its answer to each mode's request checked against NumPy, then a
+    short cell per mode; shared memory is skipped, saying why."""
+    args = lb.parse_args(["--peers", "kserve", "--modes", "http-binary", "http-json", "grpc",
+                          "shm-grpc", "--payloads", "1x1024", "--clients", "2", "--duration",
+                          "0.2", "--warmup", "0"])
+    rows: list[lb.Row] = []
+    lb.run_peers(args, rows.append)
+    assert args.skipped == [f"kserve {lbp.installed('kserve')}, shm grpc: no system "
+                            "shared-memory extension"]
+    assert [r.protocol for r in rows] == ["v2 binary", "v2 json", "v2 grpc"]
+    for r in rows:
+        assert r.server.startswith("kserve ") and r.batching == "off" and r.batch == "-", r
+        assert r.rps > 0 and r.errors == 0, r
+
+
+def test_chunked_replies_are_read_to_their_end():
+    async def read(data: bytes, head: bytes) -> bytes:
+        reader = asyncio.StreamReader()
+        reader.feed_data(data)
+        reader.feed_eof()
+        await lb._read_chunks(reader, head)
+        return await reader.read()
+
+    chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    body = b"4\r\nabcd\r\n2;x=y\r\nef\r\n0\r\n\r\n"
+    assert asyncio.run(read(body + b"NEXT", chunked)) == b"NEXT"
+    assert asyncio.run(read(b"NEXT", b"HTTP/1.1 204 No Content\r\n\r\n")) == b"NEXT"
+
+
+def test_mean_batch_from_each_servers_metrics(monkeypatch):
+    """Triton's counters, and MLServer's: its request counter has one series per version label
+    (REST "None", gRPC ""), and its peer script counts batches under Triton's name."""
+    labels = '{model="layer_norm_1024",version="None"}'
+    texts = {
+        (40.0, 10.0): f"nv_inference_request_success{labels} 40\n"
+                      f"nv_inference_exec_count{labels} 10\n",
+        (40.0, 20.0): f"model_infer_request_success_total{labels} 30\n"
+                      f"model_infer_request_success_created{labels} 9\n"
+                      'model_infer_request_success_total{model="layer_norm_1024",version=""} 10\n'
+                      'nv_inference_exec_count_total{model="layer_norm_1024"} 20.0\n'}
+    for counts, text in texts.items():
+        monkeypatch.setattr(httpx, "get", lambda url, timeout, text=text: httpx.Response(
+            200, text=text))
+        assert lb._scrape(lb.Ports(1), 1) == {"?": counts}
+
+
+def test_peer_scripts_compile():
+    for name, peer in lbp.PEERS.items():
+        compile(peer.script, f"<{name} peer>", "exec")
+        assert "normserve" not in peer.script  # it runs in the peer's own virtualenv
+
+
+def test_setup_makes_one_pinned_venv_per_peer(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(lbp.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    monkeypatch.setattr(lbp, "installed", lambda name, python: "1.0")
+    assert lbp.main(["setup", str(tmp_path)]) == 0
+    pythons = {name: str(tmp_path / name / "bin" / "python") for name in lbp.PEERS}
+    assert calls[1::2] == [
+        [pythons["triton"], "-m", "pip", "install", "--quiet", "nvidia-pytriton==0.7.0", "numpy<2"],
+        [pythons["kserve"], "-m", "pip", "install", "--quiet", "kserve==0.21.0"],
+        [pythons["mlserver"], "-m", "pip", "install", "--quiet", "mlserver==1.7.1"]]
+    assert calls[0][-3:] == ["-m", "venv", str(tmp_path / "triton")]
+    assert ("python -m normserve.service.loadbench --peers triton kserve mlserver "
+            + " ".join(f"--peer-python {n}={p}" for n, p in pythons.items())) \
+        in capsys.readouterr().out
 
 
 def test_sample_is_deterministic():
