@@ -20,7 +20,7 @@ import numpy as np
 
 from . import dtypes
 from .checks import all_finite
-from .cpu_jit import PARALLEL_MIN_WORK
+from .cpu_jit import parallel_min_work
 from .devices import backend_for, resolve_device
 
 Params = Mapping[str, Any]
@@ -194,10 +194,10 @@ class PreparedLayer(ABC):
 
     def warmup(self, dtype_list: Sequence[np.dtype] = dtypes.SUPPORTED) -> None:
         """Compile (or load from Numba's cache) the kernels for these dtypes: a small batch
-        for the serial variants and one past ``PARALLEL_MIN_WORK`` for the threaded ones, so
+        for the serial variants and one past ``parallel_min_work()`` for the threaded ones, so
         that no request pays for a compilation."""
         shape = tuple(1 if s == -1 else s for s in self.example_shape())
-        big = -(-PARALLEL_MIN_WORK // max(1, self.work((1, *shape)))) + 1
+        big = -(-parallel_min_work() // max(1, self.work((1, *shape)))) + 1
         for rows in (2, big):
             for dt in dtype_list:
                 self.apply(np.zeros((rows, *shape), dtype=dt))

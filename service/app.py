@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from normserve.kernels.cpu_jit import set_parallel_min_work
+
 from . import __version__, errors, routes_v1, routes_v2
 from .codec import Limits
 from .context import Context
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        set_parallel_min_work(settings.parallel_min_work)
         executor = ThreadPoolExecutor(1, thread_name_prefix="normserve-compute")
         metrics = Metrics()
         registry = Registry(settings, executor, metrics)

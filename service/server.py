@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-model", action="append", default=[], metavar="NAME",
                    help="with --model-control-mode explicit: a model to load at start "
                         "(repeatable; '*' loads them all)")
+    p.add_argument("--parallel-min-work", type=_positive(int), default=1 << 20, metavar="N",
+                   help="elements (multiply-adds for the linear layers) from which a batch's "
+                        "kernel runs threaded; smaller ones run serial, which under load is "
+                        "faster than waking threads on cores busy with requests")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip compiling kernels at start (first requests pay for it)")
     p.add_argument("--log-level", default="info",
@@ -108,6 +112,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         batch_wait=args.batch_wait,
         max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size, workers=args.workers, warmup=not args.no_warmup,
+        parallel_min_work=args.parallel_min_work,
         host=args.host, grpc_port=args.grpc_port, allow_shared_memory=args.allow_shared_memory,
         model_control_mode=args.model_control_mode,
         repository_poll_secs=args.repository_poll_secs, load_models=tuple(args.load_model))

@@ -40,6 +40,9 @@ class Settings:
     max_queue_size: int | None = None  # overrides every model's setting when set
     workers: int = 1
     warmup: bool = True
+    # Work (elements; multiply-adds for the linear layers) from which a kernel runs on every
+    # core: below it, serial (kernels.cpu_jit.set_parallel_min_work says why).
+    parallel_min_work: int = 1 << 20
     host: str = "127.0.0.1"  # the address both transports listen on
     grpc_port: int = 8001  # 0: no gRPC
     allow_shared_memory: bool = False  # Triton's system shared memory extension

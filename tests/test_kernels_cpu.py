@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from kernel_cases import DTYPES, make_case, sample_input
 
 from normserve import kernels
+from normserve.kernels import cpu, cpu_jit
 from normserve.kernels import reference as R
 from normserve.kernels.oracle import LARGE_OFFSET_TOLERANCE, assert_close
 
@@ -193,3 +195,32 @@ def test_outlier_first_element_keeps_statistics_exact(first):
             x3 = x.reshape(5, 1, 4097)
             y, ref = kernels.group_norm(x3, 1), R.group_norm(x3, 1)
         assert_close(y, ref, np.float32)
+
+
+def test_parallel_min_work_moves_the_variant_choice(monkeypatch):
+    """``set_parallel_min_work`` decides which variant runs (a server raises it)."""
+    kernel = cpu.row_norm
+    seen: list[str] = []
+    monkeypatch.setattr(kernel, "serial", lambda *args: seen.append("serial"))
+    monkeypatch.setattr(kernel, "threaded", lambda *args: seen.append("threaded"))
+    monkeypatch.setattr(cpu_jit, "_parallel_min_work", cpu_jit.parallel_min_work())
+    x = np.zeros((64, 1024), np.float32)
+    for threshold in (64 * 1024, 64 * 1024 + 1):
+        cpu_jit.set_parallel_min_work(threshold)
+        kernel(x, x, x[0], x[0], 1e-5, True)
+    threads = numba.get_num_threads()
+    assert seen == ["threaded" if threads > 1 else "serial", "serial"]
+    with pytest.raises(ValueError, match="parallel_min_work must be >= 1, got 0"):
+        cpu_jit.set_parallel_min_work(0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_variants_agree_bitwise(kind, monkeypatch):
+    """Every call threaded, then every call serial: the same bits."""
+    case = make_case(kind, 33)
+    layer = _layer(case)
+    x = sample_input(case, 257, np.float32, seed=5)
+    monkeypatch.setattr(cpu_jit, "_parallel_min_work", 1)
+    threaded = layer.apply(x)
+    cpu_jit.set_parallel_min_work(1 << 40)
+    np.testing.assert_array_equal(layer.apply(x), threaded)
