@@ -33,6 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .layers import KINDS, PreparedLayer, prepare
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+#: What a model name must be, as error messages say it. A leading dot is refused: "." and ".."
+#: are not folders of the repository, and dot-names are its own (staging, .removed, .lock).
+NAME_RULE = f"{NAME_PATTERN.pattern}, not starting with '.'"
 CONFIG_FILE = "config.json"
 PARAM_FILES = ("params.safetensors", "params.npz")
 
@@ -72,7 +75,7 @@ class ModelError(ValueError):
 
 
 def valid_name(name: str) -> bool:
-    return NAME_PATTERN.fullmatch(name) is not None
+    return NAME_PATTERN.fullmatch(name) is not None and not name.startswith(".")
 
 
 def parse_config(data: Any, source: str = CONFIG_FILE) -> ModelConfig:
@@ -198,7 +201,7 @@ def write_model(root: str | Path, name: str, config: Mapping[str, Any],
     cannot be written (read-only, full): then nothing has changed."""
     root = Path(root)
     if not valid_name(name):
-        raise ModelError(f"name: {name!r} must match {NAME_PATTERN.pattern}")
+        raise ModelError(f"name: {name!r} must match {NAME_RULE}")
     with _locked(root):
         _write_locked(root, name, config, params)
     return root / name

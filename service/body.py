@@ -49,7 +49,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The (decoded) body of a request, or a 400/413 naming what is wrong."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):  # not "²": int() refuses it
             raise ApiError(400, "Content-Length: not a non-negative integer")
         if int(declared) > limit:
             raise _too_large(limit)

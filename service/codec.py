@@ -123,7 +123,8 @@ def _split(body: bytes, header_length: str | None) -> tuple[memoryview, memoryvi
     view = memoryview(body)
     if header_length is None:
         return view, view[len(view):]
-    if not header_length.strip().isdigit():
+    header_length = header_length.strip()
+    if not (header_length.isascii() and header_length.isdigit()):  # not "²": int() refuses it
         raise ApiError(400, f"Inference-Header-Content-Length: {header_length!r} is not a "
                             "non-negative integer")
     n = int(header_length)

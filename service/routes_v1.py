@@ -12,7 +12,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from normserve.kernels import prepare
-from normserve.kernels.repository import ModelError, build_layer, parse_config, valid_name
+from normserve.kernels.repository import (
+    NAME_RULE,
+    ModelError,
+    build_layer,
+    parse_config,
+    valid_name,
+)
 
 from .admin import require_admin
 from .body import json_body
@@ -95,8 +101,8 @@ def _build(config: Any, params: dict, device: str, name: str) -> Any:
 async def register(name: str, request: Request) -> OrjsonResponse:
     ctx = ctx_of(request)
     require_admin(request, ctx.settings)
-    if not valid_name(name) or name.startswith("."):
-        raise ApiError(400, "name: must match [A-Za-z0-9_.-]{1,64} and not start with '.'")
+    if not valid_name(name):
+        raise ApiError(400, f"name: must match {NAME_RULE}")
     req: RegisterRequest = validate(RegisterRequest, await json_body(request, ctx.settings))
     fields = req.model_dump(exclude={"params"}, exclude_none=True)
     fields.update(req.model_extra or {})
