@@ -52,10 +52,12 @@ class _Pending:
 
 
 #: Batches of up to this much work (``PreparedLayer.work``: about one unit per element, or per
-#: multiply-add for the linear layers) run on the event loop itself: their kernel takes a few
-#: microseconds, less than handing them to the compute thread and back (measured: 2 workers
-#: x 32 clients of 1-row requests). Larger ones go to the compute thread.
-INLINE_MAX_WORK = 1 << 15
+#: multiply-add for the linear layers) run on the event loop itself: their (serial) kernel
+#: takes at most ~0.1 ms, less than handing them to the compute thread and back while the
+#: other core is busy with requests (measured, 1 worker, 2 runs each: v2 binary 1x1024 at
+#: 128 clients 3740-5432 req/s with 32768 here, 6197-6422 with 262144). Larger ones go to
+#: the compute thread, so that the event loop goes on reading requests meanwhile.
+INLINE_MAX_WORK = 1 << 18
 
 #: Turns of the event loop without a new request after which an adaptive batch closes.
 _IDLE_TURNS = 3

@@ -37,6 +37,9 @@ LONG_DELAY_US = 10_000_000
 #: What "well under LONG_DELAY_US" means: a fifth of it, far above any real run time.
 WELL_UNDER_S = LONG_DELAY_US / 1e6 / 5
 
+#: Rows of 1024 features that make a batch too large for the event loop: the compute thread's.
+LARGE = INLINE_MAX_WORK // 1024 + 1
+
 Batch = tuple[int, int, float]  # what on_batch sees: (rows, requests, compute seconds)
 
 
@@ -168,7 +171,8 @@ def test_requests_of_different_dtype_or_sample_shape_are_not_mixed(executor) -> 
 
 
 @pytest.mark.parametrize("datatype", list(DATATYPES))
-@pytest.mark.parametrize(("n", "row_counts"), [(16, (1, 3, 2, 5, 1)), (1024, (8, 16, 4, 12))],
+@pytest.mark.parametrize(("n", "row_counts"), [(16, (1, 3, 2, 5, 1)),
+                                               (1024, (LARGE // 4, LARGE // 2, 4, LARGE // 4))],
                          ids=["inline", "compute-thread"])
 def test_every_caller_gets_exactly_its_own_rows(executor, datatype: str, n: int,
                                                 row_counts: tuple[int, ...]) -> None:
@@ -176,7 +180,7 @@ def test_every_caller_gets_exactly_its_own_rows(executor, datatype: str, n: int,
     to that request alone. Small batches run on the loop, large ones on the compute thread
     (both paths, every datatype)."""
     dtype = DATATYPES[datatype]
-    batcher, batches = make(executor, n=n, max_batch_size=64)
+    batcher, batches = make(executor, n=n, max_batch_size=2 * LARGE)
     xs = [rows_of(n, r, dtype, seed=i) for i, r in enumerate(row_counts)]
     total = sum(row_counts)
     inline = batcher.layer.work((total, n)) <= INLINE_MAX_WORK
@@ -392,14 +396,15 @@ def test_close_of_an_idle_batcher_returns_and_refuses_new_requests(executor) -> 
 
 # --- failures ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad_rows", [1, 64], ids=["inline", "compute-thread"])
+@pytest.mark.parametrize("bad_rows", [1, INLINE_MAX_WORK // 1000 + 1],
+                         ids=["inline", "compute-thread"])
 def test_a_kernel_failure_fails_only_its_batch(executor, bad_rows: int) -> None:
     """Rows the layer refuses (1000 features for a 16-feature norm) fail their own batch
     with the kernel's error; the good requests queued around them are answered, and the
     batcher goes on serving."""
     batcher, batches = make(executor)
     bad = rows_of(1000, bad_rows, seed=9)
-    assert (batcher.layer.work(bad.shape) > INLINE_MAX_WORK) == (bad_rows == 64)
+    assert (batcher.layer.work(bad.shape) > INLINE_MAX_WORK) == (bad_rows > 1)
     good = [rows_of(16, 1, seed=0), rows_of(16, 3, seed=1)]
 
     async def main() -> list[Any]:
@@ -421,8 +426,8 @@ def test_a_kernel_failure_fails_only_its_batch(executor, bad_rows: int) -> None:
 def test_small_batches_run_on_the_loop_and_large_ones_on_the_compute_thread(executor) -> None:
     """With the compute thread held busy, a small batch is still answered (it runs inline)
     while a large one waits for the thread, then finishes once the thread is free."""
-    batcher, batches = make(executor, n=1024, max_batch_size=256)
-    small, large = rows_of(1024, 2, seed=0), rows_of(1024, 64, seed=1)
+    batcher, batches = make(executor, n=1024, max_batch_size=LARGE)
+    small, large = rows_of(1024, 2, seed=0), rows_of(1024, LARGE, seed=1)
     assert batcher.layer.work(small.shape) <= INLINE_MAX_WORK < batcher.layer.work(large.shape)
     gate = threading.Event()
 
@@ -444,14 +449,14 @@ def test_small_batches_run_on_the_loop_and_large_ones_on_the_compute_thread(exec
     small_out, large_out = asyncio.run(main())
     assert_bitwise(small_out, batcher.layer, small)
     assert_bitwise(large_out, batcher.layer, large)
-    assert shapes(batches) == [(2, 1), (64, 1)]
+    assert shapes(batches) == [(2, 1), (LARGE, 1)]
 
 
 def test_a_request_that_expires_while_its_batch_computes(executor) -> None:
     """Timed out on the compute thread: the caller gets TimeoutError at its deadline, the
     batch still completes, and the batcher keeps serving."""
-    batcher, batches = make(executor, n=1024, max_batch_size=256)
-    large = rows_of(1024, 64, seed=1)
+    batcher, batches = make(executor, n=1024, max_batch_size=LARGE)
+    large = rows_of(1024, LARGE, seed=1)
     gate = threading.Event()
 
     async def main() -> None:
@@ -469,7 +474,7 @@ def test_a_request_that_expires_while_its_batch_computes(executor) -> None:
         await batcher.close()
 
     asyncio.run(main())
-    assert shapes(batches) == [(64, 1), (64, 1)]
+    assert shapes(batches) == [(LARGE, 1), (LARGE, 1)]
 
 
 # --- what the batcher reports, and where it writes -----------------------------------------
@@ -493,8 +498,8 @@ def test_out_targets_are_written_and_returned(executor, n: int) -> None:
     """Shared-memory style ``out=`` targets: a lone request's target (the kernel writes it
     directly), and targets of requests batched with one another and with a request that
     has none; inputs include a read-only view of bytes, as a binary body gives."""
-    rows = 32 if n == 1024 else 2
-    batcher, batches = make(executor, n=n, max_batch_size=256)
+    rows = LARGE // 3 + 1 if n == 1024 else 2
+    batcher, batches = make(executor, n=n, max_batch_size=LARGE + 3)
     layer = batcher.layer
     body = rows_of(n, rows, seed=3).tobytes()
     xs = [rows_of(n, rows, seed=0), rows_of(n, rows, seed=1),
