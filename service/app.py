@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -139,6 +140,12 @@ async def _warm_all(registry: Registry, grpc_server: GrpcServer | None) -> None:
         except Exception:  # a model that cannot run is reported, and the others still warm
             log.exception("warm-up of %s failed", model.name)
     registry.cluster.report(ready=registry.ready)
+    # What start-up made (modules, compiled kernels, models) lives as long as the process:
+    # out of the collector's sight, full collections stop walking it. They paused the event
+    # loop long enough to set the tail: v2 binary 1x1024 at 128 clients, p99 115-135 ms
+    # before, 38-41 ms after (p50 21-29 ms both).
+    gc.collect()
+    gc.freeze()
     if grpc_server is not None and registry.ready:
         await grpc_server.set_serving(True)
 
