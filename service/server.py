@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-model", action="append", default=[], metavar="NAME",
                    help="with --model-control-mode explicit: a model to load at start "
                         "(repeatable; '*' loads them all)")
-    p.add_argument("--parallel-min-work", type=_positive(int), default=1 << 20, metavar="N",
+    p.add_argument("--parallel-min-work", type=_positive(int),
+                   default=Settings.parallel_min_work, metavar="N",
                    help="elements (multiply-adds for the linear layers) from which a batch's "
                         "kernel runs threaded; smaller ones run serial, which under load is "
                         "faster than waking threads on cores busy with requests")

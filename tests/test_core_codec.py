@@ -26,6 +26,7 @@ import orjson
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from service_helpers import infer_json_body
 from starlette.requests import Request
 from test_service_hostile import CORPUS, MAX_BODY
 from tritonclient.grpc import service_pb2 as pb
@@ -67,10 +68,7 @@ def random_rows(datatype: str, shape: tuple[int, ...] = (3, 5), seed: int = 0) -
 
 
 def json_body(array: np.ndarray, datatype: str, **extra: Any) -> bytes:
-    return orjson.dumps({"inputs": [{"name": "input", "shape": list(array.shape),
-                                     "datatype": datatype,
-                                     "data": array.astype(np.float64).ravel().tolist()}],
-                         **extra})
+    return orjson.dumps(infer_json_body(array, datatype, **extra))
 
 
 def binary_body(array: np.ndarray, datatype: str, **extra: Any) -> tuple[bytes, str]:
