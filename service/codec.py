@@ -9,6 +9,7 @@ the request body (no copy); the batcher's copy into its batch buffer is the only
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -256,12 +257,28 @@ def _lists(value: Any) -> int:
     return 0
 
 
+HEADER_CACHE_BYTES = 1024
+
+
+@functools.lru_cache(maxsize=256)
+def _small_header(head: bytes) -> InferenceRequest:
+    """A small header (binary or shared-memory data), validated once: a client sends the same
+    one (same shapes and parameters) request after request, and pydantic's validation cost
+    more than the rest of decoding. Shared, so read-only for its users."""
+    return validate(InferenceRequest, parse_head(memoryview(head), False)[0])
+
+
 def decode_infer(body: bytes, header_length: str | None, limits: Limits,
                  shm: SharedMemory) -> InferCall:
     """Parse an infer body (JSON, or JSON header + binary section) into an ``InferCall``."""
     head, binary = _split(body, header_length)
-    parsed, values = parse_head(head, header_length is None and b'"data"' in body)
-    req: InferenceRequest = validate(InferenceRequest, parsed)
+    json_data = header_length is None and b'"data"' in body
+    req: InferenceRequest
+    if not json_data and len(head) <= HEADER_CACHE_BYTES:
+        req, values = _small_header(bytes(head)), None
+    else:
+        parsed, values = parse_head(head, json_data)
+        req = validate(InferenceRequest, parsed)
     check_one_input([i.name for i in req.inputs])
     spec = req.inputs[0]
     field = "inputs[0]"

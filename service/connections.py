@@ -10,7 +10,8 @@ and nothing bounds how many such connections a server holds. Here, on every conn
   by uvicorn's ``timeout_keep_alive``, as before).
 - **Body**: once the headers are in, the body must arrive within ``request_timeout`` (the
   allowance ``body.read_body_within`` gives a body the app reads; here it also holds for one
-  the app never reads, e.g. a GET with a Content-Length).
+  the app never reads, e.g. a GET with a Content-Length). The httptools protocol says so in
+  each request's scope (``BODY_DEADLINE``), and the app then arms no timer of its own.
 - Past a deadline, a connection on which nothing of a request arrived is closed; one with a
   partial request is answered ``408`` with ``{"error": "..."}`` naming what timed out, then
   closed. While an earlier response on the connection is still being produced (pipelining),
@@ -46,6 +47,9 @@ from .settings import Settings
 log = logging.getLogger("normserve.connections")
 
 LINGER_S = 2.0  # how long a refused or timed-out connection may keep sending before the close
+#: The ASGI scope extension these connections add to each request: its body is under their
+#: deadline already, so the app need not arm a timer of its own per request.
+BODY_DEADLINE = "normserve.body_deadline"
 RETRY_AFTER_S = 1  # what a 503 refusal asks the client to wait
 
 
@@ -242,6 +246,7 @@ class HttpToolsConnection(_Deadlines, HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()  # type: ignore[misc]
+        self.scope.setdefault("extensions", {})[BODY_DEADLINE] = {}  # type: ignore[attr-defined]
         self._phase = "headers"
         if self._deadline_at is None:
             self._set_deadline(self._limits.header_timeout)

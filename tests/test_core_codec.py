@@ -41,6 +41,7 @@ from normserve.service.codec import (
     decode_tensor,
     encode_infer,
 )
+from normserve.service.connections import BODY_DEADLINE
 from normserve.service.context import Context
 from normserve.service.errors import ApiError
 from normserve.service.fastpath import _INFER
@@ -143,6 +144,23 @@ def test_http_binary_body_is_a_zero_copy_view_of_every_datatype(datatype: str) -
     while isinstance(base, np.ndarray):
         base = base.base
     assert isinstance(base, memoryview) and base.obj is body
+
+
+def test_repeated_binary_headers_decode_each_request_on_its_own() -> None:
+    """Small headers are validated once and reused (codec._small_header): the same header
+    with other data, or another id, still decodes to that request's own values."""
+    a, b = random_rows("FP32", seed=1), random_rows("FP32", seed=2)
+    for _ in range(2):
+        for array, request_id in ((a, "a"), (b, "b"), (a, None)):
+            extra = {} if request_id is None else {"id": request_id}
+            body, length = binary_body(array, "FP32", **extra)
+            call = decode_infer(body, length, LIMITS, NO_SHM)
+            assert call.request_id == request_id
+            assert call.array.tobytes() == array.tobytes()
+    bad, length = binary_body(a, "FP32", parameters={"timeout": -1})
+    for _ in range(2):  # a refused header is refused every time (refusals are not cached)
+        assert_client_error(refused(lambda: decode_infer(bad, length, LIMITS, NO_SHM)), 400,
+                            "timeout")
 
 
 def test_http_binary_output_flags_request_level_then_per_output() -> None:
@@ -395,6 +413,28 @@ def test_a_client_that_disconnects_mid_body_gets_a_400() -> None:
 def test_a_content_length_that_is_not_a_number_is_refused() -> None:
     request = http_request("/", b"{}", {"content-length": "-1"})
     assert_client_error(refused(lambda: read(request)), 400, "Content-Length")
+
+
+def slow_request(extensions: dict[str, Any]) -> Request:
+    """A request whose body arrives 0.2 s after it is asked for."""
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(0.2)
+        return {"type": "http.request", "body": b"late", "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/", "query_string": b"",
+                    "headers": [], "extensions": extensions}, receive)
+
+
+def test_a_body_slower_than_the_deadline_is_a_408() -> None:
+    exc = refused(lambda: asyncio.run(read_body_within(slow_request({}), 1000, 0.05)))
+    assert exc.status == 408 and "not received within 0.05 s" in exc.message
+
+
+def test_under_a_connection_that_enforces_the_body_deadline_the_app_arms_none() -> None:
+    """connections.py marks each request it holds to the deadline itself (and answers the
+    408 there): the app then waits for the body without a timer of its own."""
+    request = slow_request({BODY_DEADLINE: {}})
+    assert asyncio.run(read_body_within(request, 1000, 0.05)) == b"late"
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", " GZIP ", "identity"])
