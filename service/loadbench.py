@@ -1,6 +1,7 @@
 """Load benchmark of the service (``python -m normserve.service.loadbench``): req/s, p50, p99
-and the mean batch size actually formed, for normserve next to a bare FastAPI echo of the same
-bytes (the HTTP ceiling of the machine) and a bare ``grpc.aio`` echo (the gRPC ceiling).
+and the mean batch size actually formed, for normserve next to echoes of the same bytes: a bare
+FastAPI endpoint (the framework's ceiling), a bare ASGI app on uvicorn (the HTTP server's
+ceiling) and a bare ``grpc.aio`` servicer (the gRPC ceiling).
 
 The load generators run in their own process, so the numbers are not those of a Python client
 library: a small asyncio HTTP/1.1 client (keep-alive, one connection per client), and a
@@ -57,7 +58,7 @@ GRPC_LIMIT = 64 * 1024 * 1024
 
 
 def _echo_app() -> FastAPI:
-    """The HTTP ceiling: a bare FastAPI endpoint that returns the posted bytes."""
+    """The framework's ceiling: a bare FastAPI endpoint that returns the posted bytes."""
     app = FastAPI()
 
     @app.post("/echo")
@@ -65,6 +66,25 @@ def _echo_app() -> FastAPI:
         return Response(await request.body(), media_type="application/octet-stream")
 
     return app
+
+
+async def _asgi_echo(scope: dict, receive: Callable, send: Callable) -> None:
+    """The HTTP server's own ceiling: uvicorn with no framework at all, the posted bytes
+    returned (normserve's inference path is raw ASGI too; see service/fastpath.py)."""
+    if scope["type"] != "http":
+        return  # uvicorn runs it with --lifespan off
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 # --- request bodies ---
@@ -349,10 +369,11 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
     ports = Ports(_free_port())
     stack = contextlib.ExitStack()
     probe: str | Callable[[], bool]
-    if kind == "echo":
-        cmd = [sys.executable, "-m", "uvicorn", "--factory",
-               "normserve.service.loadbench:_echo_app", "--port", str(ports.http), "--workers",
-               str(workers), "--no-access-log", "--log-level", "warning"]
+    if kind in ("echo", "asgi-echo"):
+        target = (["--factory", "normserve.service.loadbench:_echo_app"] if kind == "echo"
+                  else ["normserve.service.loadbench:_asgi_echo", "--lifespan", "off"])
+        cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(ports.http),
+               "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
         probe = f"http://127.0.0.1:{ports.http}/echo"
     elif kind == "grpc-echo":
         ports.grpc = _free_port()
@@ -675,13 +696,15 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     shm_modes = [m for m in args.modes if m in SHM_MODES]
     for workers in args.workers:
-        if args.echo:
-            with server("echo", workers, True) as ports:
+        for kind, label in (("echo", "fastapi echo"), ("asgi-echo", "asgi echo")):
+            if not args.echo:
+                break
+            with server(kind, workers, True) as ports:
                 for payload, clients in itertools.product(args.payloads, args.clients):
                     body, _ = infer_body(PAYLOADS[payload], "binary")
                     rps, p50, p99, err = _measure(ports.http, "/echo", body, {}, clients, args)
-                    emit(Row("fastapi echo", workers, "-", "bytes", payload, clients, rps, p50,
-                             p99, err, "-"))
+                    emit(Row(label, workers, "-", "bytes", payload, clients, rps, p50, p99,
+                             err, "-"))
         if args.echo and "grpc" in args.modes:
             with server("grpc-echo", workers, True) as ports:
                 for payload, clients in itertools.product(args.payloads, args.clients):
@@ -778,6 +801,11 @@ def targets(rows: list[Row]) -> list[str]:
             ratio = r.rps / echo.rps
             notes.append(f"- v2 binary {payload}, {w} worker(s), 32 clients: {ratio:.2f}x the "
                          f"echo's req/s (target >= 0.8): {'met' if ratio >= 0.8 else 'NOT met'}")
+        bare = idx.get(("asgi echo", w, "-", "bytes", payload, 32))
+        if proto == "v2 binary" and b == "on" and bare and bare.rps:
+            notes.append(f"- v2 binary {payload}, {w} worker(s), 32 clients: "
+                         f"{r.rps / bare.rps:.2f}x the bare ASGI echo's req/s ({r.rps:.0f} vs "
+                         f"{bare.rps:.0f}): what uvicorn itself leaves")
         if b == "on":
             notes.append(f"- {proto} {payload}, {w} worker(s), 32 clients: p99/p50 = "
                          f"{r.p99_ms / r.p50_ms:.2f} (target <= 3): "
@@ -882,7 +910,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batching", nargs="+", choices=("on", "off"), default=["on", "off"])
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--no-echo", dest="echo", action="store_false",
-                   help="leave out the bare FastAPI and grpc.aio echoes (the ceilings)")
+                   help="leave out the bare FastAPI, ASGI and grpc.aio echoes (the ceilings)")
     p.add_argument("--peers", nargs="+", choices=list(PEERS), default=[],
                    help="also drive these servers with the selected modes they serve, after "
                         "checking their answers; skipped, saying why, when missing or wrong")

@@ -33,7 +33,7 @@ def test_quick_run_covers_every_quick_mode(tmp_path, capsys):
     assert lb.main(["--quick", "--duration", "0.3", "--warmup", "0.1", "--output", str(out)]) == 0
     rows = _table_rows(out.read_text())
     cells = {(r[0], r[3], r[5]): r for r in rows}
-    expected = [("fastapi echo", "bytes"), ("grpc echo", "grpc bytes"),
+    expected = [("fastapi echo", "bytes"), ("asgi echo", "bytes"), ("grpc echo", "grpc bytes"),
                 *(("normserve", lb.MODES[m]) for m in lb.QUICK_MODES)]
     for server, protocol in expected:
         for clients in ("1", "8"):
