@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 
 import httpx
 import numpy as np
@@ -282,3 +283,17 @@ def test_setup_makes_one_pinned_venv_per_peer(monkeypatch, tmp_path, capsys):
 
 def test_sample_is_deterministic():
     assert np.array_equal(lb.sample((1, 1024)), lb.sample((1, 1024)))
+
+
+@pytest.mark.timeout(300)
+def test_appbench_drives_the_app_in_process(capsys):
+    """The in-process benchmark (service/appbench.py) answers every request 200 and reports
+    a rate and a CPU cost per request for each mode."""
+    from normserve.service import appbench
+
+    assert appbench.main(["--duration", "0.3", "--repeat", "1", "--clients", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for mode in ("v2 binary", "v2 json"):
+        line = next(x for x in lines if x.startswith(f"{mode} 1x1024, 4 callers: "))
+        rate, cpu = (float(v) for v in re.findall(r"([\d.]+) (?:req/s|us CPU)", line))
+        assert rate > 0 and cpu > 0 and line.endswith(", 0 failed"), line

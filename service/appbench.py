@@ -1,0 +1,135 @@
+"""The inference app's own CPU per request, without sockets (``python -m
+normserve.service.appbench``).
+
+``loadbench`` measures whole servers, and its numbers swing with everything else on the machine
+(the load generator shares the cores). This drives the ASGI app that uvicorn runs directly:
+the lifespan starts it (repository, batchers, warm-up), then ``--clients`` concurrent callers
+send the same ``POST /v2/models/{model}/infer`` through its ``receive``/``send`` for
+``--duration`` seconds, ``--repeat`` times. The figure is the process's CPU time per request:
+what normserve itself costs (decoding, batching, the kernel, metrics, encoding), apart from
+uvicorn's HTTP parsing and the socket writes, which a bare ASGI echo in loadbench measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .app import create_app
+from .connections import BODY_DEADLINE
+from .loadbench import MODES, PAYLOADS, _install_uvloop, infer_body
+from .loadbench_peers import MODEL
+from .settings import Settings
+
+APP_MODES = ("http-binary", "http-json")
+
+
+@dataclass
+class Result:
+    mode: str
+    payload: str
+    clients: int
+    rps: float
+    cpu_us: float  # process CPU time per request
+    failed: int  # answers other than 200
+
+
+async def _start(app: Callable) -> tuple[asyncio.Queue, asyncio.Task]:
+    """Run the app's lifespan up to "started" and wait until its models are warm."""
+    messages: asyncio.Queue = asyncio.Queue()
+    started = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+
+    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}},
+                                   messages.get, send))
+    await messages.put({"type": "lifespan.startup"})
+    await started.wait()
+    while not app.state.ctx.registry.ready:
+        await asyncio.sleep(0.05)
+    return messages, task
+
+
+async def _measure(app: Callable, mode: str, payload: str, clients: int,
+                   duration: float) -> Result:
+    body, headers = infer_body(PAYLOADS[payload], mode.removeprefix("http-"))
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw += [(b"content-length", str(len(body)).encode()), (b"host", b"appbench")]
+    path = f"/v2/models/{MODEL}/infer"
+    done = failed = 0
+
+    async def caller(until: float) -> None:
+        nonlocal done, failed
+        while time.perf_counter() < until:
+            # As normserve's own connections (connections.py) present a request.
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                     "method": "POST", "scheme": "http", "path": path,
+                     "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                     "headers": raw, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+                     "extensions": {BODY_DEADLINE: {}}}
+            messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+            status: list[int] = []
+
+            async def receive(messages: Any = messages) -> dict[str, Any]:
+                return next(messages, {"type": "http.disconnect"})
+
+            async def send(message: dict[str, Any], status: list[int] = status) -> None:
+                if message["type"] == "http.response.start":
+                    status.append(message["status"])
+
+            await app(scope, receive, send)
+            done += 1
+            failed += status != [200]
+
+    cpu, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller(start + duration) for _ in range(clients)))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Result(mode, payload, clients, done / wall, cpu / max(done, 1) * 1e6, failed)
+
+
+async def run(args: argparse.Namespace) -> list[Result]:
+    app = create_app(Settings(grpc_port=0))
+    messages, lifespan = await _start(app)
+    results = []
+    try:
+        for mode in args.modes:
+            for payload in args.payloads:
+                await _measure(app, mode, payload, args.clients, min(args.duration, 0.5))
+                for _ in range(args.repeat):
+                    result = await _measure(app, mode, payload, args.clients, args.duration)
+                    results.append(result)
+                    print(f"{MODES[mode]} {payload}, {result.clients} callers: "
+                          f"{result.rps:.0f} req/s, {result.cpu_us:.1f} us CPU per request, "
+                          f"{result.failed} failed", flush=True)
+    finally:
+        await messages.put({"type": "lifespan.shutdown"})
+        await lifespan
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m normserve.service.appbench",
+                                description=__doc__.split("\n\n")[1])
+    p.add_argument("--modes", nargs="+", choices=APP_MODES, default=list(APP_MODES))
+    p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=["1x1024"])
+    p.add_argument("--clients", type=int, default=32, help="concurrent callers (default 32)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per repeat")
+    p.add_argument("--repeat", type=int, default=3)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _install_uvloop()  # the event loop the server runs
+    results = asyncio.run(run(args))
+    return 1 if any(r.failed for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
