@@ -167,17 +167,10 @@ _OPEN = ord("[")
 _MAX_NESTING = 32
 
 
-def parse_head(head: memoryview, json_data: bool) -> tuple[Any, np.ndarray | None]:
-    """The JSON header, and its ``inputs[0].data`` as float64 values when that is numbers in
-    (nested) lists of equal length (then left out of the header); otherwise (None) any data
-    stays in the header for ``json_array``. Both ways accept and refuse the same bodies.
-    ``json_data``: the body may carry JSON data (binary and shared-memory headers go straight
-    to orjson)."""
-    fast = _simd_head(head) if json_data else None
-    if fast is not None:
-        return fast
+def _loads(head: memoryview | bytes) -> Any:
+    """The JSON header by orjson (the general way), or a 400 naming the syntax error."""
     try:
-        return orjson.loads(head), None
+        return orjson.loads(head)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, f"body: not valid JSON ({exc})") from None
 
@@ -265,19 +258,23 @@ def _small_header(head: bytes) -> InferenceRequest:
     """A small header (binary or shared-memory data), validated once: a client sends the same
     one (same shapes and parameters) request after request, and pydantic's validation cost
     more than the rest of decoding. Shared, so read-only for its users."""
-    return validate(InferenceRequest, parse_head(memoryview(head), False)[0])
+    return validate(InferenceRequest, _loads(head))
 
 
 def decode_infer(body: bytes, header_length: str | None, limits: Limits,
                  shm: SharedMemory) -> InferCall:
     """Parse an infer body (JSON, or JSON header + binary section) into an ``InferCall``."""
     head, binary = _split(body, header_length)
+    # A body that may carry JSON data tries simdjson's way first (``values``: its data as
+    # float64, left out of the header; None: any data stays in the header for json_array).
+    # Both ways accept and refuse the same bodies.
     json_data = header_length is None and b'"data"' in body
-    req: InferenceRequest
+    values: np.ndarray | None = None
     if not json_data and len(head) <= HEADER_CACHE_BYTES:
-        req, values = _small_header(bytes(head)), None
+        req = _small_header(bytes(head))
     else:
-        parsed, values = parse_head(head, json_data)
+        fast = _simd_head(head) if json_data else None
+        parsed, values = fast if fast is not None else (_loads(head), None)
         req = validate(InferenceRequest, parsed)
     check_one_input([i.name for i in req.inputs])
     spec = req.inputs[0]

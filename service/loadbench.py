@@ -696,9 +696,8 @@ def run(args: argparse.Namespace) -> list[Row]:
 
     shm_modes = [m for m in args.modes if m in SHM_MODES]
     for workers in args.workers:
-        for kind, label in (("echo", "fastapi echo"), ("asgi-echo", "asgi echo")):
-            if not args.echo:
-                break
+        echoes = (("echo", "fastapi echo"), ("asgi-echo", "asgi echo")) if args.echo else ()
+        for kind, label in echoes:
             with server(kind, workers, True) as ports:
                 for payload, clients in itertools.product(args.payloads, args.clients):
                     body, _ = infer_body(PAYLOADS[payload], "binary")
