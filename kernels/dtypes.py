@@ -25,6 +25,7 @@ if BFLOAT16 is not None:
     DATATYPES["BF16"] = BFLOAT16
 
 SUPPORTED: tuple[np.dtype, ...] = tuple(DATATYPES.values())
+_NAMES: dict[np.dtype, str] = {d: name for name, d in DATATYPES.items()}  # one hash lookup
 HALF: tuple[np.dtype, ...] = tuple(d for d in (FLOAT16, BFLOAT16) if d is not None)
 
 #: Supported dtype -> the dtype the kernels run in (FP64 for FP64, FP32 for everything
@@ -53,7 +54,9 @@ def check_dtype(dtype: np.dtype, name: str = "x") -> np.dtype:
 
 def datatype_name(dtype: np.dtype) -> str:
     """The Open Inference Protocol name of a supported dtype (FP32, ...)."""
-    for name, d in DATATYPES.items():
-        if d == dtype:
-            return name
-    raise TypeError(f"dtype {dtype} has no inference-protocol datatype")
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = _NAMES.get(np.dtype(dtype)) if isinstance(dtype, type) else None  # np.float32
+    if name is None:
+        raise TypeError(f"dtype {dtype} has no inference-protocol datatype")
+    return name

@@ -10,12 +10,23 @@ With ``--workers N`` the server runs prometheus-client's multiprocess mode (the 
 ``PROMETHEUS_MULTIPROC_DIR`` before the workers start): every worker writes its values to
 memory-mapped files there and a scrape answered by any worker sums them all, so each counter
 is the server's total and stays monotone whichever worker answers.
+
+In one process, per-request numbers are tallied as plain floats and handed to
+prometheus-client once per turn of the event loop (``flush``), so a batch's requests cost
+one update of each counter, not one each (~6 -> ~3.5 us of CPU per request); a read
+(``/metrics``, the statistics) flushes first, so it is exact. With ``--workers N`` each
+request is handed over at once, before its reply leaves, so that any worker's scrape counts
+it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,6 +46,21 @@ LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+@dataclass(slots=True)
+class _Tally:
+    """One model's successful requests since the last flush (sums, and each request's
+    latency and queueing time for the histograms), and its queue's latest depth."""
+
+    requests: int = 0
+    total_s: float = 0.0
+    queue_s: float = 0.0
+    decode_s: float = 0.0
+    compute_s: float = 0.0
+    encode_s: float = 0.0
+    latencies: list[tuple[float, float]] = field(default_factory=list)
+    depth: int | None = None
 
 
 class Metrics:
@@ -97,6 +123,8 @@ class Metrics:
         self.batch_size = Histogram("normserve_batch_size", "Rows per executed batch", labels,
                                     buckets=BATCH_BUCKETS, registry=r)
         self._children: dict[str, tuple] = {}
+        self._tallies: dict[str, _Tally] = {}
+        self._flush_pending = False
 
     def _series(self, model: str) -> tuple:
         """The labelled children of one model, looked up once (``labels()`` costs microseconds
@@ -134,16 +162,66 @@ class Metrics:
 
     def observe_success(self, model: str, total_s: float, queue_s: float, decode_s: float,
                         compute_s: float, encode_s: float) -> None:
-        (success, request_us, queue_us, request_s, queue_s_hist, compute_us, input_us,
-         output_us) = self._series(model)[5:]
-        success.inc()
-        request_us.inc(total_s * 1e6)
-        queue_us.inc(queue_s * 1e6)
-        request_s.observe(total_s)
-        queue_s_hist.observe(queue_s)
-        compute_us.inc(compute_s * 1e6)
-        input_us.inc(decode_s * 1e6)
-        output_us.inc(encode_s * 1e6)
+        t = self._tally(model)
+        t.requests += 1
+        t.total_s += total_s
+        t.queue_s += queue_s
+        t.decode_s += decode_s
+        t.compute_s += compute_s
+        t.encode_s += encode_s
+        t.latencies.append((total_s, queue_s))
+        self._hand_over()
+
+    def depth_observer(self, model: str) -> Callable[[int], None]:
+        """What a model's batcher calls with its queue's depth whenever it changes."""
+        def observe(depth: int) -> None:
+            self._tally(model).depth = depth
+            self._hand_over()
+        return observe
+
+    def _tally(self, model: str) -> _Tally:
+        tally = self._tallies.get(model)
+        if tally is None:
+            tally = self._tallies[model] = _Tally()
+        return tally
+
+    def _hand_over(self) -> None:
+        """Flush at the end of this turn of the event loop. With ``--workers N`` at once:
+        another worker's scrape must count a request before its reply has left."""
+        if MULTIPROCESS:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            # Without an event loop (a script, a test): at the next read.
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Hand the tallies to prometheus-client (every read of the values does first)."""
+        self._flush_pending = False
+        tallies, self._tallies = self._tallies, {}
+        for model, t in tallies.items():
+            if t.depth is not None:
+                self.pending.labels(model, "1").set(t.depth)
+            if not t.requests:
+                continue
+            (success, request_us, queue_us, request_s, queue_s, compute_us, input_us,
+             output_us) = self._series(model)[5:]
+            success.inc(t.requests)
+            request_us.inc(t.total_s * 1e6)
+            queue_us.inc(t.queue_s * 1e6)
+            compute_us.inc(t.compute_s * 1e6)
+            input_us.inc(t.decode_s * 1e6)
+            output_us.inc(t.encode_s * 1e6)
+            for total, queued in t.latencies:
+                request_s.observe(total)
+                queue_s.observe(queued)
+
+    def forget(self, model: str) -> None:
+        """A removed model: its queue-depth series goes (its counters stay, as Triton's)."""
+        self.flush()
+        with contextlib.suppress(KeyError):
+            self.pending.remove(model, "1")
 
     def observe_failure(self, model: str, reason: str, total_s: float = 0.0) -> None:
         self.failure.labels(model, "1", reason).inc()
@@ -152,6 +230,7 @@ class Metrics:
     def values(self) -> dict[tuple[str, str], float]:
         """Every sample as ``(sample name, model[/batch size]) -> value``, summed over the
         workers (and, for failures, over the reasons)."""
+        self.flush()
         registry = self.registry
         if MULTIPROCESS:
             registry = CollectorRegistry()
@@ -168,14 +247,15 @@ class Metrics:
         return out
 
     def render(self) -> bytes:
+        self.flush()
         if MULTIPROCESS:  # every worker's values, summed
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
-    @staticmethod
-    def leave() -> None:
+    def leave(self) -> None:
         """This worker is stopping: its live gauges leave the sums (counters stay)."""
+        self.flush()
         if MULTIPROCESS:
             multiprocess.mark_process_dead(os.getpid())

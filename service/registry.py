@@ -7,7 +7,6 @@ batcher; readiness is tracked per model and turns true once its kernels are comp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -297,7 +296,7 @@ class Registry:
         old = self.models.get(name)
         self.models[name] = model
         self.errors.pop(name, None)
-        model.batcher.on_depth = self.metrics.pending.labels(name, "1").set
+        model.batcher.on_depth = self.metrics.depth_observer(name)
         return model, old
 
     def _writable_root(self) -> Path:
@@ -353,8 +352,7 @@ class Registry:
     def remove(self, name: str) -> Model | None:
         model = self.models.pop(name, None)
         if model is not None:
-            with contextlib.suppress(KeyError):
-                self.metrics.pending.remove(name, "1")
+            self.metrics.forget(name)
         return model
 
     def get(self, name: str) -> Model:
