@@ -15,8 +15,11 @@ output region is checked afterwards). ``--peers triton kserve mlserver`` adds re
 (``loadbench_peers``: Triton through nvidia-pytriton, KServe's ModelServer, MLServer), each
 driven by the same generators in the modes it serves, after its answer to each mode's request is
 checked against NumPy; a peer that is missing, does not start or answers wrongly is skipped,
-saying why. Results are written as a markdown table, followed by the targets of the issue
-checked on the cells run, against normserve's own HTTP and the best peer.
+saying why. Beside req/s, each cell has the server's CPU time per answer (all its processes,
+read by the generator over the measured seconds): what a request costs the server, steadier
+than req/s on a machine whose speed varies. Results are written as a markdown table,
+followed by the targets of the issue checked on the cells run, against normserve's own HTTP
+and the best peer.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import orjson
+import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
@@ -179,18 +184,36 @@ async def _read_chunks(reader: asyncio.StreamReader, head: bytes) -> None:
             return
 
 
+def server_cpu_s(pids: Sequence[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids`` and their children
+    (uvicorn's workers, Triton's backend stubs); processes gone meanwhile count no more."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for proc in (root, *root.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+    return total
+
+
+#: What a generator returns: latencies of good answers, errors, seconds, server CPU seconds.
+Load = tuple[list[float], list, float, float]
+
+
 async def _load(port: int, requests: Sequence[bytes], clients: int, duration: float,
-                warmup: float):
+                warmup: float, pids: Sequence[int]) -> Load:
     """``clients`` connections; client i sends ``requests[i % len(requests)]``."""
     until = time.perf_counter() + warmup
     await asyncio.gather(*(_client(port, requests[i % len(requests)], until, [], [])
                            for i in range(clients)))
     lat: list[float] = []
     errs: list[int] = []
-    start = time.perf_counter()
+    cpu, start = server_cpu_s(pids), time.perf_counter()
     await asyncio.gather(*(_client(port, requests[i % len(requests)], start + duration, lat,
                                    errs) for i in range(clients)))
-    return lat, errs, time.perf_counter() - start
+    return lat, errs, time.perf_counter() - start, server_cpu_s(pids) - cpu
 
 
 def _install_uvloop() -> None:
@@ -200,16 +223,16 @@ def _install_uvloop() -> None:
         uvloop.install()
 
 
-def _run_load(args: tuple) -> tuple[list[float], list[int], float]:
+def _run_load(args: tuple) -> Load:
     _install_uvloop()
     return asyncio.run(_load(*args))
 
 
 def generate(port: int, request: bytes | Sequence[bytes], clients: int, duration: float,
-             warmup: float):
+             warmup: float, pids: Sequence[int] = ()) -> Load:
     requests = [request] if isinstance(request, bytes) else list(request)
     with get_context("spawn").Pool(1) as pool:
-        return pool.apply(_run_load, ((port, requests, clients, duration, warmup),))
+        return pool.apply(_run_load, ((port, requests, clients, duration, warmup, list(pids)),))
 
 
 # --- the gRPC load generator (runs in its own process) ---
@@ -235,7 +258,7 @@ async def _grpc_client(stub, request, until: float, lat: list[float], errs: list
 
 
 async def _grpc_load(port: int, requests: Sequence[bytes], clients: int, duration: float,
-                     warmup: float, out_bytes: int):
+                     warmup: float, out_bytes: int, pids: Sequence[int]) -> Load:
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -255,25 +278,25 @@ async def _grpc_load(port: int, requests: Sequence[bytes], clients: int, duratio
                                             out_bytes) for i, stub in enumerate(stubs)))
         lat: list[float] = []
         errs: list = []
-        start = time.perf_counter()
+        cpu, start = server_cpu_s(pids), time.perf_counter()
         await asyncio.gather(*(_grpc_client(stub, messages[i % len(messages)], start + duration,
                                             lat, errs, out_bytes)
                                for i, stub in enumerate(stubs)))
-        return lat, errs, time.perf_counter() - start
+        return lat, errs, time.perf_counter() - start, server_cpu_s(pids) - cpu
     finally:
         await asyncio.gather(*(ch.close() for ch in channels))
 
 
-def _run_grpc_load(args: tuple) -> tuple[list[float], list, float]:
+def _run_grpc_load(args: tuple) -> Load:
     _install_uvloop()
     return asyncio.run(_grpc_load(*args))
 
 
 def generate_grpc(port: int, requests: Sequence[bytes], clients: int, duration: float,
-                  warmup: float, out_bytes: int):
+                  warmup: float, out_bytes: int, pids: Sequence[int] = ()) -> Load:
     with get_context("spawn").Pool(1) as pool:
-        return pool.apply(_run_grpc_load,
-                          ((port, list(requests), clients, duration, warmup, out_bytes),))
+        return pool.apply(_run_grpc_load, ((port, list(requests), clients, duration, warmup,
+                                            out_bytes, list(pids)),))
 
 
 # --- servers ---
@@ -359,6 +382,7 @@ class Ports:
     http: int
     grpc: int | None = None
     metrics: int | None = None  # None: /metrics on the HTTP port
+    pids: tuple[int, ...] = ()  # the server's processes (their children count too)
 
 
 @contextlib.contextmanager
@@ -404,6 +428,7 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
             for _ in range(copies):
                 procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
             _wait(probe, procs, log=Path(log.name))
+            ports.pids = tuple(proc.pid for proc in procs)
             yield ports
         finally:
             for proc in procs:
@@ -598,6 +623,16 @@ def wrong_answer(mode: str, ports: Ports, payload: str) -> str | None:
 
 
 # --- the matrix ---
+class Cell(NamedTuple):
+    """One measured cell."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us: float  # the server's CPU per answer (good or not), microseconds
+
+
 @dataclass
 class Row:
     server: str
@@ -611,63 +646,73 @@ class Row:
     p99_ms: float
     errors: int
     batch: str
+    cpu_us: float = float("nan")
+
+    @classmethod
+    def of(cls, server: str, workers: int, batching: str, protocol: str, payload: str,
+           clients: int, cell: Cell, batch: str) -> Row:
+        return cls(server, workers, batching, protocol, payload, clients, cell.rps,
+                   cell.p50_ms, cell.p99_ms, cell.errors, batch, cell.cpu_us)
 
     def cells(self) -> list[str]:
         return [self.server, str(self.workers), self.batching, self.protocol, self.payload,
                 str(self.clients), f"{self.rps:.0f}", f"{self.p50_ms:.2f}", f"{self.p99_ms:.2f}",
-                str(self.errors), self.batch]
+                str(self.errors), self.batch, f"{self.cpu_us:.0f}"]
 
 
 HEADER = ["server", "workers", "batching", "protocol", "payload", "clients", "req/s", "p50 ms",
-          "p99 ms", "errors", "mean batch (requests)"]
+          "p99 ms", "errors", "mean batch (requests)", "server CPU us/req"]
 
-Measure = Callable[[int], tuple[float, float, float, int]]
+Measure = Callable[[int], Cell]
 
 
-def _stats(lat: list[float], errs: list, elapsed: float) -> tuple[float, float, float, int]:
+def _stats(lat: list[float], errs: list, elapsed: float, cpu_s: float) -> Cell:
+    answers = len(lat) + len(errs)
+    cpu_us = cpu_s / answers * 1e6 if answers else float("nan")
     if not lat:
-        return 0.0, float("nan"), float("nan"), len(errs)
+        return Cell(0.0, float("nan"), float("nan"), len(errs), cpu_us)
     q = statistics.quantiles(lat, n=100, method="inclusive") if len(lat) > 1 else lat * 99
-    return len(lat) / elapsed, q[49] * 1e3, q[98] * 1e3, len(errs)
+    return Cell(len(lat) / elapsed, q[49] * 1e3, q[98] * 1e3, len(errs), cpu_us)
 
 
-def _measure(port: int, path: str, body: bytes, headers: dict[str, str], clients: int,
-             args: argparse.Namespace) -> tuple[float, float, float, int]:
-    return _stats(*generate(port, build_request(path, body, headers, port), clients,
-                            args.duration, args.warmup))
+def _measure(ports: Ports, path: str, body: bytes, headers: dict[str, str], clients: int,
+             args: argparse.Namespace) -> Cell:
+    return _stats(*generate(ports.http, build_request(path, body, headers, ports.http), clients,
+                            args.duration, args.warmup, ports.pids))
 
 
 @contextlib.contextmanager
 def driver(mode: str, ports: Ports, payload: str, args: argparse.Namespace,
            input_name: str = "x") -> Iterator[Measure]:
-    """``measure(clients) -> (req/s, p50 ms, p99 ms, errors)`` for one mode and payload; for
-    the shared-memory modes the regions of ``max(args.clients)`` clients live as long as the
-    context."""
+    """``measure(clients) -> Cell`` for one mode and payload; for the shared-memory modes the
+    regions of ``max(args.clients)`` clients live as long as the context."""
     shape = PAYLOADS[payload]
     nbytes = shape[0] * shape[1] * 4
     if mode in ("http-binary", "http-json"):
         body, headers = infer_body(shape, mode.removeprefix("http-"), input_name)
-        yield lambda clients: _measure(ports.http, f"/v2/models/{MODEL}/infer", body, headers,
+        yield lambda clients: _measure(ports, f"/v2/models/{MODEL}/infer", body, headers,
                                        clients, args)
     elif mode == "grpc":
         request = grpc_request(shape)
         yield lambda clients: _stats(*generate_grpc(ports.grpc, [request], clients,
-                                                    args.duration, args.warmup, nbytes))
+                                                    args.duration, args.warmup, nbytes,
+                                                    ports.pids))
     else:
         expected = _grpc_answer(ports, shape)
         regions = ShmClients(ports, mode.removeprefix("shm-"), shape, max(args.clients))
 
-        def measure(clients: int) -> tuple[float, float, float, int]:
+        def measure(clients: int) -> Cell:
             regions.clear_outputs(clients)
             requests = regions.requests(clients)
             if mode == "shm-grpc":
                 result = generate_grpc(ports.grpc, requests, clients, args.duration,
-                                       args.warmup, 0)
+                                       args.warmup, 0, ports.pids)
             else:
-                result = generate(ports.http, requests, clients, args.duration, args.warmup)
-            rps, p50, p99, err = _stats(*result)
+                result = generate(ports.http, requests, clients, args.duration, args.warmup,
+                                  ports.pids)
+            cell = _stats(*result)
             # Every client's output region must hold the answer: the server wrote it there.
-            return rps, p50, p99, err + regions.wrong_outputs(clients, expected)
+            return cell._replace(errors=cell.errors + regions.wrong_outputs(clients, expected))
 
         try:
             yield measure
@@ -701,15 +746,14 @@ def run(args: argparse.Namespace) -> list[Row]:
             with server(kind, workers, True) as ports:
                 for payload, clients in itertools.product(args.payloads, args.clients):
                     body, _ = infer_body(PAYLOADS[payload], "binary")
-                    rps, p50, p99, err = _measure(ports.http, "/echo", body, {}, clients, args)
-                    emit(Row(label, workers, "-", "bytes", payload, clients, rps, p50, p99,
-                             err, "-"))
+                    emit(Row.of(label, workers, "-", "bytes", payload, clients,
+                                _measure(ports, "/echo", body, {}, clients, args), "-"))
         if args.echo and "grpc" in args.modes:
             with server("grpc-echo", workers, True) as ports:
                 for payload, clients in itertools.product(args.payloads, args.clients):
                     with driver("grpc", ports, payload, args) as measure:
-                        emit(Row("grpc echo", workers, "-", "grpc bytes", payload, clients,
-                                 *measure(clients), "-"))
+                        emit(Row.of("grpc echo", workers, "-", "grpc bytes", payload,
+                                    clients, measure(clients), "-"))
         if shm_modes and workers > 1:
             skip(args, f"{', '.join(shm_modes)} with {workers} workers: normserve serves shared "
                        "memory with one worker only")
@@ -721,10 +765,9 @@ def run(args: argparse.Namespace) -> list[Row]:
                     with driver(mode, ports, payload, args) as measure:
                         for clients in args.clients:
                             before = _scrape(ports, workers)
-                            rps, p50, p99, err = measure(clients)
-                            emit(Row("normserve", workers, batching, MODES[mode], payload,
-                                     clients, rps, p50, p99, err,
-                                     _batch(before, _scrape(ports, workers))))
+                            cell = measure(clients)
+                            emit(Row.of("normserve", workers, batching, MODES[mode], payload,
+                                        clients, cell, _batch(before, _scrape(ports, workers))))
     run_peers(args, emit)
     return rows
 
@@ -772,10 +815,9 @@ def _measure_peer(name: str, label: str, modes: list[str], ports: Ports,
         with driver(mode, ports, payload, args, input_name="input") as measure:
             for clients in args.clients:
                 before = _scrape(ports, 1) if peer.counts_batches else {}
-                rps, p50, p99, err = measure(clients)
+                cell = measure(clients)
                 batch = _batch(before, _scrape(ports, 1)) if peer.counts_batches else "-"
-                emit(Row(label, 1, peer.batching, MODES[mode], payload, clients, rps, p50, p99,
-                         err, batch))
+                emit(Row.of(label, 1, peer.batching, MODES[mode], payload, clients, cell, batch))
 
 
 def table(rows: list[Row]) -> str:

@@ -42,6 +42,7 @@ def test_quick_run_covers_every_quick_mode(tmp_path, capsys):
             assert row[4] == "1x1024" and row[1] == "1", row
             assert float(row[6]) > 0, row  # req/s
             assert row[9] == "0", row  # errors: every answer OK, every output region right
+            assert float(row[11]) > 0, row  # the server's CPU per answer, us
             if server == "normserve":
                 assert float(row[10]) >= 1.0, row  # mean batch, scraped from /metrics
     assert len(rows) == 2 * len(expected)

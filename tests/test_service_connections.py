@@ -469,3 +469,43 @@ def test_grpc_idle_connection_gets_goaway_and_clients_reconnect():
             out = stub.ModelInfer(request, timeout=WAIT_S)
         y = np.frombuffer(out.raw_output_contents[0], np.float32).reshape(1, 1024)
         assert_matches_reference(LN, x, y, "FP32")
+
+
+# -- HTTP: one write per small answer -----------------------------------------------------
+
+
+def test_small_answers_arrive_in_one_segment(deadline_server):
+    """The status line and headers go out with the body (``HeldHeaders``): a client blocked in
+    ``recv`` wakes to the whole answer, never to the headers alone (uvicorn writes them
+    separately, and with TCP_NODELAY each write is a segment of its own)."""
+    x = sample_input(LN, 1, "FP32", seed=11)
+    body, headers = infer_binary_body(x, "FP32")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    request = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{head}"
+               "\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", deadline_server.port), timeout=WAIT_S) as sock:
+        for i in range(40):
+            sock.sendall(request if i % 2 else _get("/v2/health/ready"))
+            first = sock.recv(1 << 20)
+            status, resp_headers, got = _parse_response(first)
+            assert status == 200
+            assert len(got) == int(resp_headers["content-length"]) > 0, first[:300]
+
+
+def test_head_and_large_answers_still_complete(deadline_server):
+    """HEAD answers (headers, no body: nothing held; FastAPI's GET routes refuse HEAD) and
+    answers too large to join."""
+    with socket.create_connection(("127.0.0.1", deadline_server.port), timeout=WAIT_S) as sock:
+        sock.sendall(b"HEAD /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = b""
+        while b"\r\n\r\n" not in raw:
+            raw += sock.recv(65536)
+        status, resp_headers, rest = _parse_response(raw)
+        assert status == 405 and resp_headers["allow"] == "GET" and rest == b""
+        sock.sendall(_get("/v2/health/live"))  # the connection goes on
+        assert _read_response(sock)[2] == b'{"live":true}'
+    x = sample_input(LN, 64, "FP32", seed=12)  # a 256 KiB answer: headers + writelines
+    body, headers = infer_binary_body(x, "FP32")
+    resp = httpx.post(deadline_server.url + INFER, content=body, headers=headers, timeout=WAIT_S)
+    assert resp.status_code == 200
+    assert_matches_reference(LN, x, decode_response(resp), "FP32")
