@@ -15,7 +15,9 @@ output region is checked afterwards). ``--peers triton kserve mlserver`` adds re
 (``loadbench_peers``: Triton through nvidia-pytriton, KServe's ModelServer, MLServer), each
 driven by the same generators in the modes it serves, after its answer to each mode's request is
 checked against NumPy; a peer that is missing, does not start or answers wrongly is skipped,
-saying why. Beside req/s, each cell has the server's CPU time per answer (all its processes,
+saying why. Every server of a run is started first and stays up; each cell (payload, mode,
+clients) is then measured on each server in turn, so that a drift of the machine's speed moves
+all the servers of a cell alike. Beside req/s, each cell has the server's CPU time per answer (all its processes,
 read by the generator over the measured seconds): what a request costs the server, steadier
 than req/s on a machine whose speed varies. Results are written as a markdown table,
 followed by the targets of the issue checked on the cells run, against normserve's own HTTP
@@ -57,6 +59,7 @@ PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
 MODES = {"http-binary": "v2 binary", "http-json": "v2 json", "grpc": "v2 grpc",
          "shm-grpc": "shm grpc", "shm-http": "shm http"}
 SHM_MODES = ("shm-grpc", "shm-http")
+ECHO = "echo"  # the mode the HTTP echoes are driven with: v2 binary's bytes, echoed
 QUICK_MODES = ["http-binary", "grpc", "shm-grpc", "shm-http"]
 #: gRPC messages up to the server's default --max-body-bytes (a 64x1024 FP32 block is 256 KiB).
 GRPC_LIMIT = 64 * 1024 * 1024
@@ -688,7 +691,10 @@ def driver(mode: str, ports: Ports, payload: str, args: argparse.Namespace,
     regions of ``max(args.clients)`` clients live as long as the context."""
     shape = PAYLOADS[payload]
     nbytes = shape[0] * shape[1] * 4
-    if mode in ("http-binary", "http-json"):
+    if mode == ECHO:
+        body, _ = infer_body(shape, "binary", input_name)
+        yield lambda clients: _measure(ports, "/echo", body, {}, clients, args)
+    elif mode in ("http-binary", "http-json"):
         body, headers = infer_body(shape, mode.removeprefix("http-"), input_name)
         yield lambda clients: _measure(ports, f"/v2/models/{MODEL}/infer", body, headers,
                                        clients, args)
@@ -732,52 +738,71 @@ def _batch(before: dict, after: dict) -> str:
     return f"{dr / de:.2f}" if de else "n/a"
 
 
+@dataclass
+class Contender:
+    """One server of the run: started once, then measured cell by cell beside the others."""
+
+    label: str  # the table's server column
+    workers: int
+    batching: str  # the table's batching column
+    modes: list[str]  # what it is driven with ("echo": the HTTP echoes' bytes)
+    ports: Ports
+    input_name: str = "x"
+    counts_batches: bool = False  # its /metrics count requests and batches
+    peer: bool = False  # each mode's answer is checked against NumPy before it is measured
+    failed: bool = False
+
+    def protocol(self, mode: str) -> str:
+        if mode == "echo":
+            return "bytes"
+        return "grpc bytes" if self.label == "grpc echo" else MODES[mode]
+
+
 def run(args: argparse.Namespace) -> list[Row]:
-    rows: list[Row] = []
+    """Every server of the run at once, each cell measured on each in turn (normserve, the
+    echoes, the peers): a drift of the machine's speed then moves every server of a cell alike,
+    where server after server it moved their ratios."""
+    with contextlib.ExitStack() as stack:
+        contenders = _start_own(args, stack) + _start_peers(args, stack)
+        return interleave(args, contenders)
 
-    def emit(row: Row) -> None:
-        rows.append(row)
-        print(" | ".join(row.cells()), flush=True)
 
+def run_peers(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
+    """The peers of ``--peers`` alone, interleaved (a peer that is missing, does not start or
+    fails is skipped, saying why; the rows already made stay)."""
+    with contextlib.ExitStack() as stack:
+        interleave(args, _start_peers(args, stack), emit)
+
+
+def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Contender]:
+    """The echoes (the ceilings) and normserve, for each --workers and --batching."""
+    out = []
     shm_modes = [m for m in args.modes if m in SHM_MODES]
     for workers in args.workers:
-        echoes = (("echo", "fastapi echo"), ("asgi-echo", "asgi echo")) if args.echo else ()
-        for kind, label in echoes:
-            with server(kind, workers, True) as ports:
-                for payload, clients in itertools.product(args.payloads, args.clients):
-                    body, _ = infer_body(PAYLOADS[payload], "binary")
-                    emit(Row.of(label, workers, "-", "bytes", payload, clients,
-                                _measure(ports, "/echo", body, {}, clients, args), "-"))
-        if args.echo and "grpc" in args.modes:
-            with server("grpc-echo", workers, True) as ports:
-                for payload, clients in itertools.product(args.payloads, args.clients):
-                    with driver("grpc", ports, payload, args) as measure:
-                        emit(Row.of("grpc echo", workers, "-", "grpc bytes", payload,
-                                    clients, measure(clients), "-"))
+        if args.echo:
+            for kind, label in (("echo", "fastapi echo"), ("asgi-echo", "asgi echo")):
+                out.append(Contender(label, workers, "-", [ECHO],
+                                     stack.enter_context(server(kind, workers, True))))
+            if "grpc" in args.modes:
+                out.append(Contender("grpc echo", workers, "-", ["grpc"],
+                                     stack.enter_context(server("grpc-echo", workers, True))))
         if shm_modes and workers > 1:
             skip(args, f"{', '.join(shm_modes)} with {workers} workers: normserve serves shared "
                        "memory with one worker only")
         modes = [m for m in args.modes if workers == 1 or m not in SHM_MODES]
         for batching in args.batching:
-            with server("normserve", workers, batching == "on",
-                        shared_memory=workers == 1 and bool(shm_modes)) as ports:
-                for payload, mode in itertools.product(args.payloads, modes):
-                    with driver(mode, ports, payload, args) as measure:
-                        for clients in args.clients:
-                            before = _scrape(ports, workers)
-                            cell = measure(clients)
-                            emit(Row.of("normserve", workers, batching, MODES[mode], payload,
-                                        clients, cell, _batch(before, _scrape(ports, workers))))
-    run_peers(args, emit)
-    return rows
+            ports = stack.enter_context(server("normserve", workers, batching == "on",
+                                               shared_memory=workers == 1 and bool(shm_modes)))
+            out.append(Contender("normserve", workers, batching, modes, ports,
+                                 counts_batches=True))
+    return out
 
 
-def run_peers(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
-    """The same generators against each peer of ``--peers``, one at a time; a peer that is
-    missing or does not start is skipped, saying why, and the rows already made stay."""
+def _start_peers(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Contender]:
     import grpc
     import httpx
 
+    out = []
     for name in args.peers:
         python = args.peer_python.get(name)
         try:
@@ -795,29 +820,60 @@ def run_peers(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
         if not modes:
             continue
         try:
-            with server(name, 1, True, python=python) as ports:
-                _measure_peer(name, label, modes, ports, args, emit)
+            ports = stack.enter_context(server(name, 1, True, python=python))
         except (RuntimeError, OSError, httpx.HTTPError, grpc.RpcError) as exc:
-            # It did not start, died or refused a setup call: say why, keep the other rows.
-            skip(args, f"{label} failed: {type(exc).__name__}: {exc}")
-
-
-def _measure_peer(name: str, label: str, modes: list[str], ports: Ports,
-                  args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
-    """Every cell of ``modes`` against one running peer, each mode and payload only once its
-    answer has been checked against NumPy."""
-    peer = PEERS[name]
-    for payload, mode in itertools.product(args.payloads, modes):
-        wrong = wrong_answer(mode, ports, payload)
-        if wrong:
-            skip(args, f"{label}, {MODES[mode]} {payload}: WRONG ANSWER, not measured ({wrong})")
+            skip(args, f"{label} failed: {type(exc).__name__}: {exc}")  # it did not start
             continue
-        with driver(mode, ports, payload, args, input_name="input") as measure:
-            for clients in args.clients:
-                before = _scrape(ports, 1) if peer.counts_batches else {}
-                cell = measure(clients)
-                batch = _batch(before, _scrape(ports, 1)) if peer.counts_batches else "-"
-                emit(Row.of(label, 1, peer.batching, MODES[mode], payload, clients, cell, batch))
+        out.append(Contender(label, 1, PEERS[name].batching, modes, ports, input_name="input",
+                             counts_batches=PEERS[name].counts_batches, peer=True))
+    return out
+
+
+def interleave(args: argparse.Namespace, contenders: list[Contender],
+               emit: Callable[[Row], None] | None = None) -> list[Row]:
+    """For each payload, mode and client count, one cell on each contender serving the mode, in
+    turn. Rows are printed as they come and returned grouped by server."""
+    import grpc
+    import httpx
+
+    rows: list[tuple[tuple, Row]] = []
+    order = [ECHO, *args.modes]
+    for (p, payload), (m, mode) in itertools.product(enumerate(args.payloads), enumerate(order)):
+        with contextlib.ExitStack() as drivers:
+            measures = []
+            for i, who in enumerate(contenders):
+                if mode not in who.modes or who.failed:
+                    continue
+                wrong = wrong_answer(mode, who.ports, payload) if who.peer else None
+                if wrong:
+                    skip(args, f"{who.label}, {MODES[mode]} {payload}: WRONG ANSWER, not "
+                               f"measured ({wrong})")
+                    continue
+                measures.append((i, who, drivers.enter_context(
+                    driver(mode, who.ports, payload, args, who.input_name))))
+            for (c, clients), (i, who, measure) in itertools.product(enumerate(args.clients),
+                                                                     measures):
+                if who.failed:
+                    continue
+                try:
+                    before = _scrape(who.ports, who.workers) if who.counts_batches else {}
+                    cell = measure(clients)
+                    batch = (_batch(before, _scrape(who.ports, who.workers))
+                             if who.counts_batches else "-")
+                except (RuntimeError, OSError, httpx.HTTPError, grpc.RpcError) as exc:
+                    if not who.peer:
+                        raise
+                    # A peer died or refused: say why, keep its rows and the others going.
+                    skip(args, f"{who.label} failed: {type(exc).__name__}: {exc}")
+                    who.failed = True
+                    continue
+                row = Row.of(who.label, who.workers, who.batching, who.protocol(mode), payload,
+                             clients, cell, batch)
+                print(" | ".join(row.cells()), flush=True)
+                if emit is not None:
+                    emit(row)
+                rows.append(((i, m, p, c), row))
+    return [row for _, row in sorted(rows, key=lambda kr: kr[0])]
 
 
 def table(rows: list[Row]) -> str:
