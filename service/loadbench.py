@@ -17,11 +17,11 @@ driven by the same generators in the modes it serves, after its answer to each m
 checked against NumPy; a peer that is missing, does not start or answers wrongly is skipped,
 saying why. Every server of a run is started first and stays up; each cell (payload, mode,
 clients) is then measured on each server in turn, so that a drift of the machine's speed moves
-all the servers of a cell alike. Beside req/s, each cell has the server's CPU time per answer (all its processes,
-read by the generator over the measured seconds): what a request costs the server, steadier
-than req/s on a machine whose speed varies. Results are written as a markdown table,
-followed by the targets of the issue checked on the cells run, against normserve's own HTTP
-and the best peer.
+all the servers of a cell alike. Beside req/s, each cell has the server's CPU time per answer
+(all its processes, read by the generator over the measured seconds): what a request costs
+the server, steadier than req/s on a machine whose speed varies. Results are written as a
+markdown table, followed by the targets of the issue checked on the cells run, against
+normserve's own HTTP and the best peer.
 """
 
 from __future__ import annotations
@@ -972,7 +972,9 @@ def peer_targets(rows: list[Row]) -> list[str]:
         ns = mine.get((r.protocol, r.payload, r.clients))
         if ns and r.clients == 32:
             notes.append(f"- {r.protocol} {r.payload}, 1 worker, 32 clients: normserve "
-                         f"{ns.rps:.0f} vs {r.server} {r.rps:.0f} req/s ({ns.rps / r.rps:.2f}x)")
+                         f"{ns.rps:.0f} vs {r.server} {r.rps:.0f} req/s ({ns.rps / r.rps:.2f}x); "
+                         f"server CPU per request {ns.cpu_us:.0f} vs {r.cpu_us:.0f} us "
+                         f"({r.cpu_us / ns.cpu_us:.2f}x less)")
     cells: dict[tuple[str, str, int], list[Row]] = {}
     for r in peers:
         cells.setdefault((r.protocol, r.payload, r.clients), []).append(r)

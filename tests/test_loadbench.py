@@ -76,7 +76,8 @@ def test_http_shared_memory_body():
 
 def _row(protocol: str, payload: str, clients: int, rps: float, p50: float = 1.0,
          p99: float = 2.0, server: str = "normserve", batching: str = "on") -> lb.Row:
-    return lb.Row(server, 1, batching, protocol, payload, clients, rps, p50, p99, 0, "1.00")
+    return lb.Row(server, 1, batching, protocol, payload, clients, rps, p50, p99, 0, "1.00",
+                  100.0)
 
 
 def test_targets_of_the_new_modes():
@@ -108,7 +109,7 @@ def test_targets_leave_out_what_was_not_run():
 
 
 def _peer_row(server: str, protocol: str, payload: str, clients: int, rps: float) -> lb.Row:
-    return lb.Row(server, 1, "on", protocol, payload, clients, rps, 1.0, 2.0, 0, "-")
+    return lb.Row(server, 1, "on", protocol, payload, clients, rps, 1.0, 2.0, 0, "-", 500.0)
 
 
 def test_targets_against_the_best_peer():
@@ -135,9 +136,9 @@ def test_targets_against_the_best_peer():
     assert "128 clients: normserve" not in notes and "64x1024, 32 clients: normserve 700" \
         not in notes
     assert "- v2 grpc 64x1024, 1 worker, 32 clients: normserve 700 vs mlserver 1.7.1 100 req/s " \
-           "(7.00x)" in notes
+           "(7.00x); server CPU per request 100 vs 500 us (5.00x less)" in notes
     assert "- v2 binary 1x1024, 1 worker, 32 clients: normserve 6000 vs kserve 0.21.0 1200 " \
-           "req/s (5.00x)" in notes
+           "req/s (5.00x); server CPU per request 100 vs 500 us (5.00x less)" in notes
 
 
 def test_missing_peers_are_skipped_with_a_reason(capsys):
