@@ -836,6 +836,7 @@ def interleave(args: argparse.Namespace, contenders: list[Contender],
     import grpc
     import httpx
 
+    failures = (RuntimeError, OSError, httpx.HTTPError, grpc.RpcError)
     rows: list[tuple[tuple, Row]] = []
     order = [ECHO, *args.modes]
     for (p, payload), (m, mode) in itertools.product(enumerate(args.payloads), enumerate(order)):
@@ -844,13 +845,16 @@ def interleave(args: argparse.Namespace, contenders: list[Contender],
             for i, who in enumerate(contenders):
                 if mode not in who.modes or who.failed:
                     continue
-                wrong = wrong_answer(mode, who.ports, payload) if who.peer else None
-                if wrong:
-                    skip(args, f"{who.label}, {MODES[mode]} {payload}: WRONG ANSWER, not "
-                               f"measured ({wrong})")
-                    continue
-                measures.append((i, who, drivers.enter_context(
-                    driver(mode, who.ports, payload, args, who.input_name))))
+                try:
+                    wrong = wrong_answer(mode, who.ports, payload) if who.peer else None
+                    if wrong:
+                        skip(args, f"{who.label}, {MODES[mode]} {payload}: WRONG ANSWER, not "
+                                   f"measured ({wrong})")
+                        continue
+                    measures.append((i, who, drivers.enter_context(
+                        driver(mode, who.ports, payload, args, who.input_name))))
+                except failures as exc:
+                    _failed(args, who, exc)
             for (c, clients), (i, who, measure) in itertools.product(enumerate(args.clients),
                                                                      measures):
                 if who.failed:
@@ -860,12 +864,8 @@ def interleave(args: argparse.Namespace, contenders: list[Contender],
                     cell = measure(clients)
                     batch = (_batch(before, _scrape(who.ports, who.workers))
                              if who.counts_batches else "-")
-                except (RuntimeError, OSError, httpx.HTTPError, grpc.RpcError) as exc:
-                    if not who.peer:
-                        raise
-                    # A peer died or refused: say why, keep its rows and the others going.
-                    skip(args, f"{who.label} failed: {type(exc).__name__}: {exc}")
-                    who.failed = True
+                except failures as exc:
+                    _failed(args, who, exc)
                     continue
                 row = Row.of(who.label, who.workers, who.batching, who.protocol(mode), payload,
                              clients, cell, batch)
@@ -874,6 +874,15 @@ def interleave(args: argparse.Namespace, contenders: list[Contender],
                     emit(row)
                 rows.append(((i, m, p, c), row))
     return [row for _, row in sorted(rows, key=lambda kr: kr[0])]
+
+
+def _failed(args: argparse.Namespace, who: Contender, exc: Exception) -> None:
+    """A peer that died or refused a call is skipped from then on, saying why (its rows
+    stay, the others go on); normserve or an echo failing ends the run."""
+    if not who.peer:
+        raise exc
+    skip(args, f"{who.label} failed: {type(exc).__name__}: {exc}")
+    who.failed = True
 
 
 def table(rows: list[Row]) -> str:

@@ -299,3 +299,35 @@ def test_appbench_drives_the_app_in_process(capsys):
         line = next(x for x in lines if x.startswith(f"{mode} 1x1024, 4 callers: "))
         rate, cpu = (float(v) for v in re.findall(r"([\d.]+) (?:req/s|us CPU)", line))
         assert rate > 0 and cpu > 0 and line.endswith(", 0 failed"), line
+
+
+def test_a_peer_failing_mid_run_is_skipped_and_the_run_goes_on(monkeypatch, capsys):
+    """A peer whose measurement raises (it died) is skipped from then on, saying why; the cells
+    it already gave stay."""
+    @contextlib.contextmanager
+    def fake_server(kind, workers, batching, python=None):
+        yield lb.Ports(1, 2, 3)
+
+    calls = []
+
+    @contextlib.contextmanager
+    def fake_driver(mode, ports, payload, args, input_name="x"):
+        def measure(clients):
+            calls.append(clients)
+            if clients == 8:
+                raise ConnectionRefusedError("gone")
+            return lb.Cell(100.0, 1.0, 2.0, 0, 50.0)
+        yield measure
+
+    monkeypatch.setattr(lb, "installed", lambda name, python=None: "9.9")
+    monkeypatch.setattr(lb, "server", fake_server)
+    monkeypatch.setattr(lb, "driver", fake_driver)
+    monkeypatch.setattr(lb, "wrong_answer", lambda mode, ports, payload: None)
+    args = lb.parse_args(["--peers", "kserve", "--modes", "http-binary", "grpc", "--payloads",
+                          "1x1024", "--clients", "1", "8", "32"])
+    rows: list[lb.Row] = []
+    lb.run_peers(args, rows.append)
+    assert [(r.protocol, r.clients) for r in rows] == [("v2 binary", 1)]
+    assert calls == [1, 8]  # nothing more asked of it once it failed
+    assert args.skipped == ["kserve 9.9 failed: ConnectionRefusedError: gone"]
+    assert "kserve 9.9 failed" in capsys.readouterr().out
