@@ -750,12 +750,13 @@ class Contender:
     input_name: str = "x"
     counts_batches: bool = False  # its /metrics count requests and batches
     peer: bool = False  # each mode's answer is checked against NumPy before it is measured
+    echo: bool = False  # a ceiling: it returns the bytes it gets
     failed: bool = False
 
     def protocol(self, mode: str) -> str:
-        if mode == "echo":
-            return "bytes"
-        return "grpc bytes" if self.label == "grpc echo" else MODES[mode]
+        if self.echo:
+            return "bytes" if mode == ECHO else "grpc bytes"
+        return MODES[mode]
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -782,10 +783,12 @@ def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Co
         if args.echo:
             for kind, label in (("echo", "fastapi echo"), ("asgi-echo", "asgi echo")):
                 out.append(Contender(label, workers, "-", [ECHO],
-                                     stack.enter_context(server(kind, workers, True))))
+                                     stack.enter_context(server(kind, workers, True)),
+                                     echo=True))
             if "grpc" in args.modes:
                 out.append(Contender("grpc echo", workers, "-", ["grpc"],
-                                     stack.enter_context(server("grpc-echo", workers, True))))
+                                     stack.enter_context(server("grpc-echo", workers, True)),
+                                     echo=True))
         if shm_modes and workers > 1:
             skip(args, f"{', '.join(shm_modes)} with {workers} workers: normserve serves shared "
                        "memory with one worker only")
