@@ -43,6 +43,7 @@ def test_quick_run_covers_every_quick_mode(tmp_path, capsys):
             assert float(row[6]) > 0, row  # req/s
             assert row[9] == "0", row  # errors: every answer OK, every output region right
             assert float(row[11]) > 0, row  # the server's CPU per answer, us
+            assert float(row[12]) > 0, row  # the load generator's own, us
             if server == "normserve":
                 assert float(row[10]) >= 1.0, row  # mean batch, scraped from /metrics
     assert len(rows) == 2 * len(expected)
@@ -77,7 +78,7 @@ def test_http_shared_memory_body():
 def _row(protocol: str, payload: str, clients: int, rps: float, p50: float = 1.0,
          p99: float = 2.0, server: str = "normserve", batching: str = "on") -> lb.Row:
     return lb.Row(server, 1, batching, protocol, payload, clients, rps, p50, p99, 0, "1.00",
-                  100.0)
+                  100.0, 300.0)
 
 
 def test_targets_of_the_new_modes():
@@ -88,12 +89,18 @@ def test_targets_of_the_new_modes():
     rows += [_row("v2 binary", "64x1024", 8, 1000), _row("shm grpc", "64x1024", 8, 3500),
              _row("shm http", "64x1024", 8, 2000, p50=1.0, p99=9.0)]
     rows += [_row("shm http", "64x1024", 32, 2100, p50=1.0, p99=9.0)]
-    notes = "\n".join(lb.targets(rows))
+    notes = "\n".join(lb.targets(rows, cores=2))
     assert "v2 grpc 1x1024, 1 worker(s), 32 clients: 0.78x normserve's HTTP v2 binary" in notes
-    assert "(7000 vs 9000, target >= 0.8): NOT met" in notes
+    # 0.8 x 9000 = 7200 req/s on 2 cores: 278 us of CPU per answer, less the generator's 300.
+    assert "(7000 vs 9000, target >= 0.8): NOT met; 7200 req/s is past what 2 core(s) give " \
+           "the load generator alone (300 us of CPU per answer)" in notes
     assert "shm grpc 64x1024, 1 worker(s), 8 clients: 3.50x" in notes
     assert "(3500 vs 1000, target >= 3): met" in notes
-    assert "shm http 64x1024, 1 worker(s), 8 clients: 2.00x" in notes
+    # 3 x 1000 = 3000 req/s on 2 cores: 667 us per answer, 367 after the generator's 300.
+    assert "shm http 64x1024, 1 worker(s), 8 clients: 2.00x normserve's HTTP v2 binary req/s " \
+           "(2000 vs 1000, target >= 3): NOT met; on 2 core(s), with the load generator's " \
+           "300 us of CPU per answer, 3000 req/s leaves the server at most 367 us per answer " \
+           "(it used 100)" in notes
     assert "v2 binary 1x1024, 1 worker(s): req/s by clients 5000 (8) -> 9000 (32) -> 9500 " \
            "(128) (target: never falls): met" in notes
     assert "v2 grpc 1x1024, 1 worker(s): req/s by clients 6000 (8) -> 7000 (32) -> 6500 " \
@@ -123,13 +130,14 @@ def test_targets_against_the_best_peer():
     rows += [_peer_row("kserve 0.21.0", "v2 grpc", "1x1024", 32, 1000),
              _peer_row("mlserver 1.7.1", "v2 grpc", "1x1024", 32, 1500),
              _peer_row("mlserver 1.7.1", "v2 grpc", "64x1024", 32, 100)]
-    notes = "\n".join(lb.targets(rows))
+    notes = "\n".join(lb.targets(rows, cores=4))
     assert "- v2 binary 1x1024, 1 clients: normserve 3000 req/s, 2.73x the best peer, kserve " \
-           "0.21.0 (1100; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): NOT met" \
-           in notes
+           "0.21.0 (1100; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): NOT met; " \
+           "on 4 core(s), with the load generator's 300 us of CPU per answer, 3300 req/s " \
+           "leaves the server at most 912 us per answer (it used 100)" in notes
     assert "- v2 binary 1x1024, 32 clients: normserve 6000 req/s, 4.00x the best peer, triton " \
            "(pytriton 0.7.0) (1500; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): " \
-           "met" in notes
+           "met\n" in notes
     assert "- v2 grpc 1x1024, 32 clients: normserve 2400 req/s, 1.60x the best peer, mlserver " \
            "1.7.1 (1500; of kserve 0.21.0, mlserver 1.7.1) (target >= 2): NOT met" in notes
     # No target past 32 clients, nor for gRPC 64x1024; the cell by cell lines stay.
@@ -316,7 +324,7 @@ def test_a_peer_failing_mid_run_is_skipped_and_the_run_goes_on(monkeypatch, caps
             calls.append(clients)
             if clients == 8:
                 raise ConnectionRefusedError("gone")
-            return lb.Cell(100.0, 1.0, 2.0, 0, 50.0)
+            return lb.Cell(100.0, 1.0, 2.0, 0, 50.0, 80.0)
         yield measure
 
     monkeypatch.setattr(lb, "installed", lambda name, python=None: "9.9")
