@@ -64,14 +64,15 @@ async def _measure(app: Callable, mode: str, payload: str, clients: int,
     path = f"/v2/models/{MODEL}/infer"
     done = failed = 0
 
-    async def caller(until: float) -> None:
+    async def caller(until: float, port: int) -> None:
         nonlocal done, failed
         while time.perf_counter() < until:
-            # As normserve's own connections (connections.py) present a request.
+            # As normserve's own connections (connections.py) present a request; each caller
+            # is a connection of its own (the batcher tells callers apart by it).
             scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                      "method": "POST", "scheme": "http", "path": path,
                      "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                     "headers": raw, "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+                     "headers": raw, "client": ("127.0.0.1", port), "server": ("127.0.0.1", 2),
                      "extensions": {BODY_DEADLINE: {}}}
             messages = iter([{"type": "http.request", "body": body, "more_body": False}])
             status: list[int] = []
@@ -88,7 +89,7 @@ async def _measure(app: Callable, mode: str, payload: str, clients: int,
             failed += status != [200]
 
     cpu, start = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(caller(start + duration) for _ in range(clients)))
+    await asyncio.gather(*(caller(start + duration, 10000 + i) for i in range(clients)))
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return Result(mode, payload, clients, done / wall, cpu / max(done, 1) * 1e6, failed)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,8 +142,11 @@ class DataPlane:
 
     # --- inference --------------------------------------------------------------------------
     async def infer(self, name: str, version: str | None,
-                    decode: Callable[[], Awaitable[InferCall]]) -> Answer:
+                    decode: Callable[[], Awaitable[InferCall]],
+                    caller: Hashable | None = None) -> Answer:
         """Decode (the transport's ``decode``), check, queue for a batch: the hot path.
+        ``caller``: the client's connection, as the transport knows it (the batcher's
+        adaptive wait keeps a batch open for a caller about to come back).
 
         Every refusal after the model is found counts as a failure of that model, in the
         metrics and the statistics, whichever transport it came by.
@@ -159,7 +162,7 @@ class DataPlane:
             settings = self.ctx.settings
             timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
             try:
-                out, timing = await model.batcher.submit(call.array, timeout, target)
+                out, timing = await model.batcher.submit(call.array, timeout, target, caller)
             except Closed:
                 # Replaced while this request was on its way to the old batcher (which
                 # finishes what it had queued): the new version, warm already, takes it.
@@ -167,7 +170,8 @@ class DataPlane:
                 if current is None or current is model or self.ctx.draining:
                     raise
                 current.check_input(call.array.shape, call.field + ".shape")
-                out, timing = await current.batcher.submit(call.array, timeout, target)
+                out, timing = await current.batcher.submit(call.array, timeout, target,
+                                                           caller)
         except (QueueFull, asyncio.TimeoutError, Closed) as exc:
             error = _refusal(exc, name, model, timeout)
             self.ctx.metrics.observe_failure(name, error.reason, time.perf_counter() - start)

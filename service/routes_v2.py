@@ -188,7 +188,8 @@ async def infer_request(request: Request, name: str, version: str | None = None
         return decode_infer(body, request.headers.get(HEADER_LENGTH), ctx.limits,
                             ctx.dataplane.shm)
 
-    answer = await ctx.dataplane.infer(name, version, decode)
+    # The caller is the connection (a keep-alive client's requests come one after another).
+    answer = await ctx.dataplane.infer(name, version, decode, request.scope.get("client"))
     t0 = time.perf_counter()
     parts, headers = encode_infer(name, answer.call, answer.output)
     ctx.dataplane.done(answer, time.perf_counter() - t0)

@@ -23,6 +23,7 @@ import pytest
 
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.dtypes import DATATYPES
+from normserve.service import batcher as batcher_module
 from normserve.service.batcher import (
     _IDLE_TURNS,
     INLINE_MAX_WORK,
@@ -243,6 +244,104 @@ def test_adaptive_closes_after_the_idle_turns(executor) -> None:
         t0 = time.perf_counter()
         await asyncio.gather(batcher.submit(rows_of(16, 1), 30.0),
                              after_turns(late, lambda: batcher.submit(rows_of(16, 1), 30.0)))
+        elapsed = time.perf_counter() - t0
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(main()) < WELL_UNDER_S
+    assert shapes(batches) == [(1, 1), (1, 1)]
+
+
+async def two_rounds(batcher: Batcher, *callers: str) -> None:
+    """Each caller asks, is answered, and comes back once: callers seen to return."""
+    for _ in range(2):
+        await asyncio.gather(*(batcher.submit(rows_of(16, 1), 30.0, caller=c) for c in callers))
+
+
+def test_adaptive_waits_for_a_caller_coming_back(executor) -> None:
+    """Callers "a" and "b" come back after each answer. "a" asks again; "b" comes back many
+    turns later (as a gRPC call does, through grpc's poller thread) and still joins, and
+    the batch runs as soon as it has: "a" did not wait out the 10 s delay."""
+    batcher, batches = make(executor, adaptive=True, max_batch_size=64)
+    xs = [rows_of(16, 1, seed=i) for i in range(4)]
+
+    async def main() -> tuple[float, list[tuple[np.ndarray, Timing]]]:
+        batcher.start()
+        await turns(1)
+        await two_rounds(batcher, "a", "b")
+        t0 = time.perf_counter()
+        results = await asyncio.gather(
+            batcher.submit(xs[2], 30.0, caller="a"),
+            after_turns(10 * _IDLE_TURNS, lambda: batcher.submit(xs[3], 30.0, caller="b")))
+        elapsed = time.perf_counter() - t0
+        await batcher.close()
+        return elapsed, results
+
+    elapsed, results = asyncio.run(main())
+    assert shapes(batches) == [(2, 2), (2, 2), (2, 2)]
+    assert elapsed < WELL_UNDER_S
+    for x, (out, _) in zip(xs[2:], results, strict=True):
+        assert_bitwise(out, batcher.layer, x)
+
+
+def test_adaptive_does_not_wait_for_the_caller_itself_nor_for_one_gone(
+        executor, monkeypatch) -> None:
+    """A lone caller's next request runs at once (it cannot come back while it waits), as
+    does one whose only other caller has stayed away past its window: neither waits out
+    the 10 s delay."""
+    monkeypatch.setattr(batcher_module, "MAX_RETURN_S", 0.05)
+    batcher, batches = make(executor, adaptive=True, max_batch_size=64)
+
+    async def main() -> list[float]:
+        batcher.start()
+        await turns(1)
+        await two_rounds(batcher, "a", "b")
+        await asyncio.sleep(0.2)  # "b" is gone
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            await batcher.submit(rows_of(16, 1), 30.0, caller="a")
+            times.append(time.perf_counter() - t0)
+        await batcher.close()
+        return times
+
+    assert max(asyncio.run(main())) < WELL_UNDER_S
+    assert shapes(batches) == [(2, 2), (2, 2), (1, 1), (1, 1), (1, 1)]
+
+
+def test_adaptive_does_not_wait_for_a_connection_per_request(executor) -> None:
+    """A client that opens a connection per request (curl, httpx.post) is a new caller each
+    time, and the old one never comes back: one never seen to return is not waited for."""
+    batcher, batches = make(executor, adaptive=True, max_batch_size=64)
+
+    async def main() -> float:
+        batcher.start()
+        await turns(1)
+        t0 = time.perf_counter()
+        for i in range(4):
+            await batcher.submit(rows_of(16, 1), 30.0, caller=("127.0.0.1", 50000 + i))
+        elapsed = time.perf_counter() - t0
+        await batcher.close()
+        return elapsed
+
+    assert asyncio.run(main()) < WELL_UNDER_S
+    assert shapes(batches) == [(1, 1)] * 4
+    assert not batcher._in_progress and not batcher._away  # nothing kept for them
+
+
+def test_a_caller_with_requests_in_progress_is_not_waited_for(executor) -> None:
+    """"a" has two requests queued that cannot share a batch (FP32 and FP64). The first
+    one's answer leaves "a" with one in progress, not a caller to wait for: the second
+    batch closes after its idle turns, not at the 10 s delay."""
+    batcher, batches = make(executor, adaptive=True, max_batch_size=64)
+    xs = [rows_of(16, 1, np.float32), rows_of(16, 1, np.float64)]
+
+    async def main() -> float:
+        tasks = [asyncio.create_task(batcher.submit(x, 30.0, caller="a")) for x in xs]
+        await turns(1)
+        t0 = time.perf_counter()
+        batcher.start()
+        await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - t0
         await batcher.close()
         return elapsed

@@ -147,11 +147,12 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                for r in self.dp.shm.status(request.name)})
 
     # --- inference ----------------------------------------------------------------------
-    async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, peer: str) -> pb.ModelInferResponse:
         async def decode() -> InferCall:
             return decode_request(request, self.dp.ctx.limits, self.dp.shm)
 
-        answer = await self.dp.infer(request.model_name, request.model_version or None, decode)
+        answer = await self.dp.infer(request.model_name, request.model_version or None, decode,
+                                     peer)
         t0 = time.perf_counter()
         response = encode_response(answer.model.name, answer.call, answer.output)
         self.dp.done(answer, time.perf_counter() - t0)
@@ -159,7 +160,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelInfer(self, request, context):
-        return await self._infer(request)
+        return await self._infer(request, context.peer())
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
                                context: grpc.aio.ServicerContext
@@ -168,12 +169,13 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         other client); each answer, or its error, is sent as soon as it is ready, with the
         request's ``id`` to match them. An error ends nothing but its own request."""
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        peer = context.peer()
         running: set[asyncio.Task] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
             try:
                 answers.put_nowait(pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(request)))
+                    infer_response=await self._infer(request, peer)))
             except ApiError as exc:
                 answers.put_nowait(pb.ModelStreamInferResponse(
                     error_message=exc.message,
