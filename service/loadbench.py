@@ -919,7 +919,7 @@ def _room(want_rps: float, r: Row, cores: int) -> str:
                 f"alone ({r.gen_us:.0f} us of CPU per answer)")
     return (f"; on {cores} core(s), with the load generator's {r.gen_us:.0f} us of CPU per "
             f"answer, {want_rps:.0f} req/s leaves the server at most {room:.0f} us per answer "
-            f"(it used {r.cpu_us:.0f})")
+            f"(it used {r.cpu_us:.0f}, {r.rps * r.cpu_us / 1e6:.2f} core(s) busy)")
 
 
 def targets(rows: list[Row], cores: int | None = None) -> list[str]:

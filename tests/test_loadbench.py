@@ -100,7 +100,7 @@ def test_targets_of_the_new_modes():
     assert "shm http 64x1024, 1 worker(s), 8 clients: 2.00x normserve's HTTP v2 binary req/s " \
            "(2000 vs 1000, target >= 3): NOT met; on 2 core(s), with the load generator's " \
            "300 us of CPU per answer, 3000 req/s leaves the server at most 367 us per answer " \
-           "(it used 100)" in notes
+           "(it used 100, 0.20 core(s) busy)" in notes
     assert "v2 binary 1x1024, 1 worker(s): req/s by clients 5000 (8) -> 9000 (32) -> 9500 " \
            "(128) (target: never falls): met" in notes
     assert "v2 grpc 1x1024, 1 worker(s): req/s by clients 6000 (8) -> 7000 (32) -> 6500 " \
@@ -134,7 +134,7 @@ def test_targets_against_the_best_peer():
     assert "- v2 binary 1x1024, 1 clients: normserve 3000 req/s, 2.73x the best peer, kserve " \
            "0.21.0 (1100; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): NOT met; " \
            "on 4 core(s), with the load generator's 300 us of CPU per answer, 3300 req/s " \
-           "leaves the server at most 912 us per answer (it used 100)" in notes
+           "leaves the server at most 912 us per answer (it used 100, 0.30 core(s) busy)" in notes
     assert "- v2 binary 1x1024, 32 clients: normserve 6000 req/s, 4.00x the best peer, triton " \
            "(pytriton 0.7.0) (1500; of triton (pytriton 0.7.0), kserve 0.21.0) (target >= 3): " \
            "met\n" in notes
