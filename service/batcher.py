@@ -63,14 +63,15 @@ INLINE_MAX_WORK = 1 << 18
 #: Turns of the event loop without a new request after which an adaptive batch closes.
 _IDLE_TURNS = 3
 
-#: How long a caller whose requests were all answered still counts as coming back: a
-#: closed-loop client sends its next request once it has its answer, as long after it as the
-#: last time (its return gap), which grows with the load; one that has not come back within
-#: twice its last gap (at least four times ``max_queue_delay_us``, at most a second) is
-#: taken to have gone.
+#: Callers coming back (the adaptive wait). A closed-loop client sends its next request once
+#: it has its answer, about one return gap later (the gap grows with the load; the batcher
+#: keeps a running mean over its callers). A caller not back within twice the mean gap (at
+#: least four times ``max_queue_delay_us``, at most a second) is taken to have gone.
 RETURN_GAPS = 2
 MIN_RETURN_DELAYS = 4
 MAX_RETURN_S = 1.0
+#: Weight of the newest gap in the running mean.
+GAP_WEIGHT = 1 / 8
 
 BatchObserver = Callable[[int, int, float], None]  # (rows, requests, compute seconds)
 
@@ -92,13 +93,14 @@ class Batcher:
         #: Told the queue's depth whenever it changes (the pending-requests gauge).
         self.on_depth: Callable[[int], None] | None = None
         self._queue: deque[_Pending] = deque()
-        #: Per caller: its requests in progress and its last return gap. Callers with none in
-        #: progress: when their last answer went (for MAX_RETURN_S, oldest first), and, for
-        #: those seen to come back before, until when they are expected back: the ones an
-        #: adaptive batch waits for.
-        self._in_progress: dict[Hashable, tuple[int, float]] = {}
+        #: Per caller: its requests in progress, and whether it was seen to come back. Callers
+        #: with none in progress: when their last answer went (kept MAX_RETURN_S, oldest
+        #: first); of those seen to come back before, the same (the ones an adaptive batch
+        #: may wait for), and the mean return gap.
+        self._in_progress: dict[Hashable, tuple[int, bool]] = {}
         self._answered: dict[Hashable, float] = {}
         self._away: dict[Hashable, float] = {}
+        self._gap = 0.0
         self._waiter: asyncio.Future | None = None  # the loop sleeps on this
         self._closing = False
         self._flushing = False  # set on SIGTERM: stop waiting for fuller batches
@@ -144,38 +146,41 @@ class Batcher:
         return out, item.timing
 
     def _arrived(self, caller: Hashable) -> None:
-        count, gap = self._in_progress.get(caller, (0, 0.0))
+        count, returns = self._in_progress.get(caller, (0, False))
         if not count and (answered := self._answered.pop(caller, None)) is not None:
             gap = time.perf_counter() - answered
+            self._gap += (gap - self._gap) * GAP_WEIGHT if self._gap else gap
             self._away.pop(caller, None)
-        self._in_progress[caller] = (count + 1, gap)
+            returns = True
+        self._in_progress[caller] = (count + 1, returns)
 
     def _left(self, caller: Hashable) -> None:
-        count, gap = self._in_progress.pop(caller)
+        count, returns = self._in_progress.pop(caller)
         if count > 1:
-            self._in_progress[caller] = (count - 1, gap)
+            self._in_progress[caller] = (count - 1, returns)
             return
         now = time.perf_counter()
         answered = self._answered
         answered[caller] = now
         while (oldest := next(iter(answered.items())))[1] < now - MAX_RETURN_S:
             del answered[oldest[0]]
-        if gap:  # seen to come back before (not a connection per request): expected back
-            self._away[caller] = now + min(max(RETURN_GAPS * gap,
-                                               MIN_RETURN_DELAYS * self.max_delay_s),
-                                           MAX_RETURN_S)
-        self._caller_due(now)  # forgets those past their window
+        if returns:  # not a connection per request: it may come back
+            self._away[caller] = now
+        self._caller_due(now, now)  # forgets those gone
 
-    def _caller_due(self, now: float) -> float | None:
-        """Until when a caller expected back (with no request in progress) is expected, or
-        None when none is; callers past their window are forgotten. They are kept in the
-        order of their last answers, so most of those past their window come first (one
-        behind a longer window waits until it is looked at)."""
-        away = self._away
+    def _caller_due(self, now: float, deadline: float) -> float | None:
+        """Until when to wait for a caller expected back by ``deadline`` (give or take
+        ``max_queue_delay_us``), or None when none is. The one answered first is due first
+        (one mean gap after its answer): when it is not due by then, none is. A caller late
+        by more than its window is forgotten; so is one never expected again."""
+        away, gap = self._away, self._gap
+        window = min(max(RETURN_GAPS * gap, MIN_RETURN_DELAYS * self.max_delay_s),
+                     MAX_RETURN_S)
         while away:
-            caller, until = next(iter(away.items()))
-            if until > now:
-                return until
+            caller, answered = next(iter(away.items()))
+            if now < answered + window:
+                return answered + window if answered + gap <= deadline + self.max_delay_s \
+                    else None
             del away[caller]
         return None
 
@@ -250,9 +255,11 @@ class Batcher:
         the event loop instead, which parses whatever requests have arrived, and stops once
         a few turns of the loop bring nothing new: waiting longer would only add latency, as
         no request is on its way (a lone client's request runs at once, and under load the
-        batch holds everything that came in meanwhile). Except while a caller answered a
-        moment ago, seen to come back before, has not sent its next request: adaptive mode
-        then sleeps until a request comes or that caller's window is over. That is what
+        batch holds everything that came in meanwhile). Except while a caller seen to come
+        back before, and expected back before the batch's deadline (a mean return gap after
+        its last answer), has not sent its next request: adaptive mode then sleeps until a
+        request comes, and no longer than the deadline (clients that think between requests
+        are expected long after it: not waited for). That is what
         batches gRPC: grpc.aio hands the loop one new call per round trip through its poller
         thread, several loop turns apart, so counting idle turns closed nearly every batch
         at one request (measured: a mean batch of 1.01 at 32 clients).
@@ -265,7 +272,7 @@ class Batcher:
             if not self.adaptive:
                 await self._sleep(left)
                 continue
-            if (due := self._caller_due(now)) is not None:
+            if (due := self._caller_due(now, deadline)) is not None:
                 await self._sleep(min(left, due - now))
                 continue
             before = len(self._queue)

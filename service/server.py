@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "closes it (GOAWAY; clients reconnect when they next call)")
     p.add_argument("--batch-wait", choices=["adaptive", "deadline"], default="adaptive",
                    help="adaptive: run a batch once requests stop arriving and no client "
-                        "just answered is about to send again, waiting at most "
+                        "is expected back before its deadline, waiting at most "
                         "max_queue_delay_us; deadline: always wait max_queue_delay_us")
     p.add_argument("--no-batching", action="store_true",
                    help="run every request alone (for comparisons)")

@@ -32,8 +32,8 @@ class Settings:
     grpc_max_concurrent_rpcs: int = 4096  # RPCs in progress; past it: RESOURCE_EXHAUSTED
     grpc_idle_timeout: float = 300.0  # seconds a gRPC connection may carry no RPC (GOAWAY)
     batching: bool = True  # False: every request runs alone (for comparisons)
-    # "adaptive": close a batch as soon as requests stop arriving and no client just answered
-    # is about to send again (max_queue_delay_us is the cap); "deadline": always wait
+    # "adaptive": close a batch as soon as requests stop arriving and no client is expected
+    # back before its deadline (max_queue_delay_us is the cap); "deadline": always wait
     # max_queue_delay_us for a fuller batch (Triton's way).
     batch_wait: str = "adaptive"
     max_batch_size: int | None = None  # overrides every model's max_batch_size when set

@@ -329,6 +329,30 @@ def test_adaptive_does_not_wait_for_a_connection_per_request(executor) -> None:
     assert not batcher._in_progress and not batcher._away  # nothing kept for them
 
 
+def test_adaptive_does_not_wait_for_callers_expected_after_the_deadline(executor) -> None:
+    """"a" and "b" think 0.1 s between requests; the delay is 20 ms. "b", answered a moment
+    ago, is expected back ~0.1 s later, long past "a"'s deadline: "a"'s batch closes after
+    its idle turns (it does not wait out the 20 ms), and "b" gets a batch of its own."""
+    batcher, batches = make(executor, adaptive=True, max_batch_size=64,
+                            max_queue_delay_us=20_000)
+
+    async def main() -> None:
+        batcher.start()
+        await turns(1)
+        for pause in (0.1, 0.0):
+            await asyncio.gather(*(batcher.submit(rows_of(16, 1), 30.0, caller=c)
+                                   for c in ("a", "b")))
+            await asyncio.sleep(pause)
+        await asyncio.gather(
+            batcher.submit(rows_of(16, 1), 30.0, caller="a"),
+            after_turns(10 * _IDLE_TURNS,
+                        lambda: batcher.submit(rows_of(16, 1), 30.0, caller="b")))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert shapes(batches) == [(2, 2), (2, 2), (1, 1), (1, 1)]
+
+
 def test_a_caller_with_requests_in_progress_is_not_waited_for(executor) -> None:
     """"a" has two requests queued that cannot share a batch (FP32 and FP64). The first
     one's answer leaves "a" with one in progress, not a caller to wait for: the second
