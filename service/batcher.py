@@ -172,7 +172,7 @@ class Batcher:
         """Until when to wait for a caller expected back by ``deadline`` (give or take
         ``max_queue_delay_us``), or None when none is. The one answered first is due first
         (one mean gap after its answer): when it is not due by then, none is. A caller late
-        by more than its window is forgotten; so is one never expected again."""
+        by more than its window is forgotten."""
         away, gap = self._away, self._gap
         window = min(max(RETURN_GAPS * gap, MIN_RETURN_DELAYS * self.max_delay_s),
                      MAX_RETURN_S)
