@@ -259,10 +259,10 @@ class Batcher:
         back before, and expected back before the batch's deadline (a mean return gap after
         its last answer), has not sent its next request: adaptive mode then sleeps until a
         request comes, and no longer than the deadline (clients that think between requests
-        are expected long after it: not waited for). That is what
-        batches gRPC: grpc.aio hands the loop one new call per round trip through its poller
-        thread, several loop turns apart, so counting idle turns closed nearly every batch
-        at one request (measured: a mean batch of 1.01 at 32 clients).
+        are expected long after it: not waited for). That is what batches gRPC: grpc.aio
+        hands the loop one new call per round trip through its poller thread, several loop
+        turns apart, so counting idle turns closed nearly every batch at one request
+        (measured: a mean batch of 1.01 at 32 clients).
         """
         deadline = first.enqueued + self.max_delay_s
         idle_turns = 0

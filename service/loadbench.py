@@ -21,9 +21,8 @@ all the servers of a cell alike. Beside req/s, each cell has the server's CPU ti
 (all its processes, read by the generator over the measured seconds): what a request costs
 the server, steadier than req/s on a machine whose speed varies; and the generator's own CPU
 per answer: it shares the cores, so a throughput target not met says what it would leave
-the server. Results are written as a
-markdown table, followed by the targets of the issue checked on the cells run, against
-normserve's own HTTP and the best peer.
+the server. Results are written as a markdown table, followed by the targets of the issue
+checked on the cells run, against normserve's own HTTP and the best peer.
 """
 
 from __future__ import annotations
@@ -777,11 +776,11 @@ def run(args: argparse.Namespace) -> list[Row]:
         return interleave(args, contenders)
 
 
-def run_peers(args: argparse.Namespace, emit: Callable[[Row], None]) -> None:
+def run_peers(args: argparse.Namespace) -> list[Row]:
     """The peers of ``--peers`` alone, interleaved (a peer that is missing, does not start or
     fails is skipped, saying why; the rows already made stay)."""
     with contextlib.ExitStack() as stack:
-        interleave(args, _start_peers(args, stack), emit)
+        return interleave(args, _start_peers(args, stack))
 
 
 def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Contender]:
@@ -841,8 +840,7 @@ def _start_peers(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[
     return out
 
 
-def interleave(args: argparse.Namespace, contenders: list[Contender],
-               emit: Callable[[Row], None] | None = None) -> list[Row]:
+def interleave(args: argparse.Namespace, contenders: list[Contender]) -> list[Row]:
     """For each payload, mode and client count, one cell on each contender serving the mode, in
     turn. Rows are printed as they come and returned grouped by server."""
     import grpc
@@ -882,8 +880,6 @@ def interleave(args: argparse.Namespace, contenders: list[Contender],
                 row = Row.of(who.label, who.workers, who.batching, who.protocol(mode), payload,
                              clients, cell, batch)
                 print(" | ".join(row.cells()), flush=True)
-                if emit is not None:
-                    emit(row)
                 rows.append(((i, m, p, c), row))
     return [row for _, row in sorted(rows, key=lambda kr: kr[0])]
 
