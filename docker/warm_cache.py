@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from normserve.kernels.repository import load_model, scan_repository
+from normserve.repository import load_model, scan_repository
 from normserve.service.registry import DEMO_REPOSITORY
 
 

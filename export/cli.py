@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from normserve.kernels.repository import ModelError, load_model
+from normserve.repository import ModelError, load_model
 
 from .errors import ExportError
 from .model import DTYPES, to_onnx

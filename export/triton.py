@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnx
 
-from normserve.kernels.repository import ModelConfig, ModelError, load_model, scan_repository
+from normserve.repository import ModelConfig, ModelError, load_model, scan_repository
 
 from .errors import ExportError
 from .kinds import output_dims

@@ -16,22 +16,17 @@ from .functional import (
     weight_norm_linear,
 )
 from .layers import KINDS, PreparedLayer, prepare
-from .repository import ModelConfig, ModelError, load_model, save_model
 
 __all__ = [
     "KINDS",
-    "ModelConfig",
-    "ModelError",
     "PreparedLayer",
     "batch_norm",
     "cuda_available",
     "group_norm",
     "instance_norm",
     "layer_norm",
-    "load_model",
     "prepare",
     "rms_norm",
-    "save_model",
     "spectral_norm_linear",
     "spectral_sigma",
     "weight_norm_linear",

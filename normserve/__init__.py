@@ -1,9 +1,12 @@
 """normserve: serve neural-network normalisation layers.
 
 The repository's top-level folders install under this one namespace (see pyproject.toml):
-``normserve.kernels`` (the maths), ``normserve.export`` (ONNX) and ``normserve.service`` (the
-KServe v2 server). ``import normserve`` gives the kernels' public API (SPEC section 2); the
-exporter and the service, which pull in ONNX and FastAPI, load only when first touched.
+``normserve.kernels`` (the maths), ``normserve.export`` (ONNX), ``normserve.service`` (the
+KServe v2 server) and ``normserve.bench`` (benchmarks, imported by no product module). This
+folder holds what they share: ``normserve.repository`` (the model-folder format) and
+``normserve.cli`` (the ``normserve`` command). ``import normserve`` gives the kernels' public API
+(SPEC section 2) and the repository's load/save; the exporter and the service, which pull in
+ONNX and FastAPI, load only when first touched.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from typing import Any
 from . import kernels
 from .kernels import *  # noqa: F403  (the public API is kernels.__all__)
 from .kernels import __all__ as _kernel_api
+from .repository import ModelConfig, ModelError, load_model, save_model
 
 try:
     __version__ = version("normserve")  # one source of truth: pyproject.toml
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
-__all__ = [*_kernel_api, "export", "kernels", "service"]  # noqa: F405
+__all__ = [*_kernel_api, "ModelConfig", "ModelError", "export", "kernels", "load_model",  # noqa: F405
+           "save_model", "service"]
 
 _LAZY = ("export", "service")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from normserve.kernels.repository import save_model
+from normserve.repository import save_model
 
 SEED = 20240601
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from normserve.kernels import ModelConfig, PreparedLayer
-from normserve.kernels.repository import (
+from normserve.kernels import PreparedLayer
+from normserve.repository import (
+    ModelConfig,
     ModelError,
     load_model,
     load_params,

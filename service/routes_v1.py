@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from normserve.kernels import prepare
-from normserve.kernels.repository import (
+from normserve.repository import (
     NAME_RULE,
     ModelError,
     build_layer,

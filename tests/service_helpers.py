@@ -23,7 +23,7 @@ from tritonclient.grpc import model_config_pb2
 
 from normserve.kernels.dtypes import DATATYPES
 from normserve.kernels.oracle import reference, tolerance
-from normserve.kernels.repository import load_model
+from normserve.repository import load_model
 from normserve.service.demo import demo_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ class Server:
         # Closed in stop(); a file (not a pipe) so that a chatty server never blocks on it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             "w+", prefix="normserve-", suffix=".log")
-        cmd = [sys.executable, "-m", "normserve.service.cli", "serve", "--port", str(self.port),
+        cmd = [sys.executable, "-m", "normserve.cli", "serve", "--port", str(self.port),
                *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

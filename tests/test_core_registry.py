@@ -159,7 +159,7 @@ def test_broken_folders_are_skipped_with_their_reason(executor, repository: Path
 
 
 def test_a_missing_repository_is_a_model_error(executor, tmp_path: Path) -> None:
-    from normserve.kernels.repository import ModelError
+    from normserve.repository import ModelError
 
     with pytest.raises(ModelError, match="not a directory"):
         make_context(executor, model_repository=str(tmp_path / "absent"))

@@ -130,7 +130,7 @@ def test_nan_stays_in_its_row() -> None:
 
 
 def test_benchmark_quick_runs() -> None:
-    from normserve.kernels import bench_cuda
+    from normserve.bench import cuda as bench_cuda
 
     assert bench_cuda.main(["--quick", "--repeat", "3", "--inner", "2",
                             "--kinds", "layer_norm", "weight_norm"]) == 0

@@ -35,8 +35,9 @@ else:
     from numba import cuda
 
     from normserve import kernels
-    from normserve.kernels import bench_cuda, dtypes
+    from normserve.bench import cuda as bench_cuda
     from normserve.kernels import cuda_kernels as ck
+    from normserve.kernels import dtypes
     from normserve.kernels import reference as ref
     from normserve.kernels.oracle import assert_close
 

@@ -10,17 +10,17 @@ import onnxruntime as ort
 import pytest
 from export_cases import state_dicts
 
-from normserve import export, kernels
+from normserve import export, repository
+from normserve.cli import main as normserve
 from normserve.export import cli as export_cli
 from normserve.kernels.oracle import assert_close, tolerance
-from normserve.service.cli import main as normserve
 
 
 def save(folder, kind: str, **extra):
     hyper, params, shape = state_dicts()[kind]
     config = {"kind": kind, **hyper, "input_shape": shape, "max_batch_size": 32,
               "max_queue_delay_us": 250, **extra}
-    return kernels.save_model(folder, config, params)
+    return repository.save_model(folder, config, params)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
@@ -33,7 +33,7 @@ def test_model_folder_round_trip(tmp_path, capsys, kind, dtype):
     assert "-> OK" in capsys.readouterr().out
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)
-    _, lay = kernels.load_model(folder)
+    _, lay = repository.load_model(folder)
     npdt = np.float32 if dtype == "fp32" else np.float16
     x = np.random.default_rng(0).standard_normal((9, *lay.sample_shape)).astype(npdt)
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -53,7 +53,7 @@ def test_opset_17_and_json_report(tmp_path, capsys):
 def test_mismatch_exits_1_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """A graph that disagrees with the kernel (here: built from other parameters)."""
     folder = save(tmp_path / "m", "layer_norm")
-    _, other = kernels.load_model(save(tmp_path / "other", "layer_norm", eps=1e-1))
+    _, other = repository.load_model(save(tmp_path / "other", "layer_norm", eps=1e-1))
     monkeypatch.setattr(export_cli, "to_onnx", lambda layer, *a, **k: export.to_onnx(other))
     out = tmp_path / "model.onnx"
     assert export_cli.main([str(folder), "-o", str(out)]) == 1

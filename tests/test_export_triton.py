@@ -12,8 +12,8 @@ import pytest
 from export_cases import state_dicts
 from google.protobuf import text_format
 
-from normserve import export, kernels
-from normserve.service.cli import main as normserve
+from normserve import export, repository
+from normserve.cli import main as normserve
 
 
 def triton_model_config():
@@ -36,7 +36,7 @@ def ModelConfig():
 def make_repository(root: Path, kinds=("layer_norm", "instance_norm", "weight_norm")) -> Path:
     for kind in kinds:
         hyper, params, shape = state_dicts()[kind]
-        kernels.save_model(root / kind, {"kind": kind, **hyper, "input_shape": shape,
+        repository.save_model(root / kind, {"kind": kind, **hyper, "input_shape": shape,
                                          "max_batch_size": 48, "max_queue_delay_us": 300,
                                          "max_queue_size": 77}, params)
     return root
@@ -61,7 +61,7 @@ def test_repository_layout_and_config(tmp_path, ModelConfig, dtype):
         want = "TYPE_FP32" if dtype == "fp32" else "TYPE_FP16"
         assert ModelConfig.DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
             "data_type"].enum_type.values_by_number[inp.data_type].name == want
-        _, lay = kernels.load_model(repo / name)
+        _, lay = repository.load_model(repo / name)
         assert list(inp.dims) == list(lay.sample_shape)
         assert list(out.dims) == list(lay.output_shape((1, *lay.sample_shape))[1:])
         # the model Triton would load runs at the config's batch size and dims
@@ -82,7 +82,7 @@ def test_a_typo_cannot_pass(ModelConfig):
 
 def test_free_dims_in_config(tmp_path, ModelConfig):
     hyper, params, _ = state_dicts()["group_norm"]
-    kernels.save_model(tmp_path / "models" / "gn", {"kind": "group_norm", **hyper,
+    repository.save_model(tmp_path / "models" / "gn", {"kind": "group_norm", **hyper,
                                                     "input_shape": [8, -1, -1]}, params)
     result = export.write_triton_repository(tmp_path / "models", tmp_path / "out", opset=17)
     assert result.ok, result.errors

@@ -14,7 +14,7 @@ from kernel_cases import make_case, sample_input
 from normserve import kernels
 from normserve.kernels import reference as R
 from normserve.kernels.oracle import assert_close
-from normserve.kernels.repository import ModelError, load_model, save_model, scan_repository
+from normserve.repository import ModelError, load_model, save_model, scan_repository
 
 X = np.zeros((2, 4), np.float32)
 X3 = np.zeros((2, 4, 3), np.float32)

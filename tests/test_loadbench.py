@@ -1,4 +1,4 @@
-"""The load benchmark (``python -m normserve.service.loadbench``): its ``--quick`` smoke run
+"""The load benchmark (``python -m normserve.bench.load``): its ``--quick`` smoke run
 end to end over every quick mode (HTTP binary, gRPC, system shared memory over gRPC and over
 HTTP), kept short; the request builders; the targets it checks, against normserve's own HTTP and
 against the best peer; and the peers (``loadbench_peers``): KServe's ModelServer run for real
@@ -283,7 +283,7 @@ def test_setup_makes_one_pinned_venv_per_peer(monkeypatch, tmp_path, capsys):
         [pythons["kserve"], "-m", "pip", "install", "--quiet", "kserve==0.21.0"],
         [pythons["mlserver"], "-m", "pip", "install", "--quiet", "mlserver==1.7.1"]]
     assert calls[0][-3:] == ["-m", "venv", str(tmp_path / "triton")]
-    assert ("python -m normserve.service.loadbench --peers triton kserve mlserver "
+    assert ("python -m normserve.bench.load --peers triton kserve mlserver "
             + " ".join(f"--peer-python {n}={p}" for n, p in pythons.items())) \
         in capsys.readouterr().out
 

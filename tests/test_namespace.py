@@ -43,6 +43,6 @@ def test_every_source_package_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
                  ["packages"])
     found = {"normserve." + ".".join(init.parent.relative_to(ROOT).parts)
-             for top in ("kernels", "export", "service")
+             for top in ("kernels", "export", "service", "bench")
              for init in (ROOT / top).rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)

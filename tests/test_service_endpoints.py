@@ -28,7 +28,7 @@ from service_helpers import (
 )
 
 from normserve.kernels.oracle import assert_close
-from normserve.kernels.repository import save_model
+from normserve.repository import save_model
 
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -292,7 +292,7 @@ def test_two_workers_act_as_one_server(tmp_path):
     (["--max-queue-delay-us", "-1"], "must be >= 0"),
 ])
 def test_cli_refuses_bad_options(args, message):
-    proc = subprocess.run([sys.executable, "-m", "normserve.service.cli", "serve", *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "normserve.cli", "serve", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert message in proc.stderr

@@ -20,7 +20,7 @@ from service_helpers import decode_response, infer_binary_body, running_server
 from tritonclient.utils import InferenceServerException
 
 from normserve.kernels import reference
-from normserve.kernels.repository import REMOVED_DIR, save_model
+from normserve.repository import REMOVED_DIR, save_model
 
 TOKEN = "ctl-token"
 ADMIN = {"authorization": f"Bearer {TOKEN}"}

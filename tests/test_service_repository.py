@@ -24,7 +24,7 @@ from service_helpers import (
 )
 
 from normserve.kernels import reference
-from normserve.kernels.repository import (
+from normserve.repository import (
     REMOVED_DIR,
     load_model,
     recover_repository,

@@ -1,4 +1,4 @@
-"""Load benchmark of the service (``python -m normserve.service.loadbench``): req/s, p50, p99
+"""Load benchmark of the service (``python -m normserve.bench.load``): req/s, p50, p99
 and the mean batch size actually formed, for normserve next to echoes of the same bytes: a bare
 FastAPI endpoint (the framework's ceiling), a bare ASGI app on uvicorn (the HTTP server's
 ceiling) and a bare ``grpc.aio`` servicer (the gRPC ceiling).
@@ -53,7 +53,7 @@ import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from .loadbench_peers import MODEL, PEERS, PeerMissing, installed, reference, write_params
+from .load_peers import MODEL, PEERS, PeerMissing, installed, reference, write_params
 
 PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
 #: mode -> the protocol column of the table (the HTTP labels are the ones of earlier runs).
@@ -401,14 +401,14 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
     stack = contextlib.ExitStack()
     probe: str | Callable[[], bool]
     if kind in ("echo", "asgi-echo"):
-        target = (["--factory", "normserve.service.loadbench:_echo_app"] if kind == "echo"
-                  else ["normserve.service.loadbench:_asgi_echo", "--lifespan", "off"])
+        target = (["--factory", "normserve.bench.load:_echo_app"] if kind == "echo"
+                  else ["normserve.bench.load:_asgi_echo", "--lifespan", "off"])
         cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(ports.http),
                "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
         probe = f"http://127.0.0.1:{ports.http}/echo"
     elif kind == "grpc-echo":
         ports.grpc = _free_port()
-        cmd = [sys.executable, "-c", "from normserve.service.loadbench import _serve_grpc_echo; "
+        cmd = [sys.executable, "-c", "from normserve.bench.load import _serve_grpc_echo; "
                f"_serve_grpc_echo({ports.grpc}, {workers > 1})"]
         probe = _grpc_ready(ports.grpc)
     elif kind in PEERS:
@@ -421,7 +421,7 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
         # Always a free gRPC port: the default 8001 may be taken, and one server then serves
         # every mode.
         ports.grpc = _free_port()
-        cmd = [sys.executable, "-m", "normserve.service.cli", "serve", "--port", str(ports.http),
+        cmd = [sys.executable, "-m", "normserve.cli", "serve", "--port", str(ports.http),
                "--grpc-port", str(ports.grpc), "--workers", str(workers), "--log-level",
                "warning", *([] if batching else ["--no-batching"]),
                *(["--allow-shared-memory"] if shared_memory else [])]
@@ -1035,7 +1035,7 @@ def _peer_python(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m normserve.service.loadbench",
+    p = argparse.ArgumentParser(prog="python -m normserve.bench.load",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=list(PAYLOADS))
@@ -1052,7 +1052,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-python", type=_peer_python, action="append", default=[],
                    metavar="NAME=PYTHON",
                    help="the interpreter that runs peer NAME (repeatable; default: this one); "
-                        "`python -m normserve.service.loadbench_peers setup DIR` makes them")
+                        "`python -m normserve.bench.load_peers setup DIR` makes them")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds measured per cell (default 5; --quick: 1)")
     p.add_argument("--warmup", type=float, default=None,
@@ -1078,7 +1078,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = run(args)
-    text = (f"Load benchmark (`python -m normserve.service.loadbench`), {os.cpu_count()} CPU(s), "
+    text = (f"Load benchmark (`python -m normserve.bench.load`), {os.cpu_count()} CPU(s), "
             f"{args.duration:g} s per cell, load generator on the same machine.\n\n"
             + table(rows) + "\n\n" + "\n".join(targets(rows)) + "\n"
             + "".join(f"\nSkipped: {why}\n" for why in getattr(args, "skipped", [])))

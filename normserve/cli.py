@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "serve a model repository over the KServe v2 protocol"),
     "export": ("normserve.export.cli",
                "export a model to ONNX with a parity report, or a Triton repository"),
-    "bench": ("normserve.kernels.bench",
+    "bench": ("normserve.bench.kernels",
               "benchmark the kernels against NumPy, PyTorch and ONNX Runtime"),
 }
 

@@ -1,5 +1,5 @@
 """The inference app's own CPU per request, without sockets (``python -m
-normserve.service.appbench``).
+normserve.bench.app``).
 
 ``loadbench`` measures whole servers, and its numbers swing with everything else on the machine
 (the load generator shares the cores). This drives the ASGI app that uvicorn runs directly:
@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .app import create_app
-from .connections import BODY_DEADLINE
-from .loadbench import MODES, PAYLOADS, _install_uvloop, infer_body
-from .loadbench_peers import MODEL
-from .settings import Settings
+from normserve.service.app import create_app
+from normserve.service.connections import BODY_DEADLINE
+from normserve.service.settings import Settings
+
+from .load import MODES, PAYLOADS, _install_uvloop, infer_body
+from .load_peers import MODEL
 
 APP_MODES = ("http-binary", "http-json")
 
@@ -115,7 +116,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m normserve.service.appbench",
+    p = argparse.ArgumentParser(prog="python -m normserve.bench.app",
                                 description=__doc__.split("\n\n")[1])
     p.add_argument("--modes", nargs="+", choices=APP_MODES, default=list(APP_MODES))
     p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=["1x1024"])

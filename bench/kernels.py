@@ -34,9 +34,9 @@ import numba
 import numpy as np
 from numba import prange
 
-from .cpu_jit import jit
-from .functional import BY_KIND
-from .layers import PreparedLayer, prepare
+from normserve.kernels.cpu_jit import jit
+from normserve.kernels.functional import BY_KIND
+from normserve.kernels.layers import PreparedLayer, prepare
 
 FLUSH_BYTES = 256 << 20
 MODES = ("back-to-back", "idle")
@@ -298,7 +298,7 @@ def compile_times() -> dict[str, float]:
     """Seconds to import and warm every kind (FP32) with an empty and with a warm Numba cache."""
     code = ("import time; t=time.perf_counter(); import numpy as np; "
             "from normserve import kernels; "
-            "from normserve.kernels.bench import _layer_cases; "
+            "from normserve.bench.kernels import _layer_cases; "
             "kinds = {k: (p, h) for _, k, p, h, _ in reversed(_layer_cases())}; "
             "[kernels.prepare(k, p, **h).warmup([np.dtype('float32')]) "
             "for k, (p, h) in kinds.items()]; "
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip measuring cold- and warm-cache compile times")
     args, rest = ap.parse_known_args(argv)
     if args.device == "cuda":
-        from . import bench_cuda
+        from . import cuda as bench_cuda
 
         return bench_cuda.main(rest)
     if rest:

@@ -5,9 +5,9 @@ chooses.
 
 Each peer's script needs only numpy and its own server package, not normserve: the peers live
 in virtualenvs of their own (nvidia-pytriton 0.7 wants numpy<2; mlserver 1.7.1 wants
-fastapi<0.116, older than normserve's). ``python -m normserve.service.loadbench_peers setup DIR``
+fastapi<0.116, older than normserve's). ``python -m normserve.bench.load_peers setup DIR``
 makes those virtualenvs with pinned versions and prints the ``--peer-python`` arguments of
-``python -m normserve.service.loadbench``.
+``python -m normserve.bench.load``.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def installed(name: str, python: str | None = None) -> str:
     imports; raises PeerMissing saying why not."""
     peer = PEERS[name]
     hint = (f"pip install {' '.join(peer.pins)}, best in a virtualenv of its own: "
-            "python -m normserve.service.loadbench_peers setup DIR")
+            "python -m normserve.bench.load_peers setup DIR")
     # abspath, not realpath: every venv's python is a symlink to the same base interpreter.
     if python is None or os.path.abspath(python) == os.path.abspath(sys.executable):
         if importlib.util.find_spec(peer.module) is None:
@@ -269,7 +269,7 @@ def setup(folder: Path, names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m normserve.service.loadbench_peers",
+    p = argparse.ArgumentParser(prog="python -m normserve.bench.load_peers",
                                 description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     make = sub.add_parser("setup", help="make one virtualenv per peer, pinned versions")
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     make.add_argument("--peers", nargs="+", choices=list(PEERS), default=list(PEERS))
     args = p.parse_args(argv)
     peer_args = setup(args.folder.absolute(), args.peers)
-    print("\npython -m normserve.service.loadbench --peers", " ".join(args.peers),
+    print("\npython -m normserve.bench.load --peers", " ".join(args.peers),
           " ".join(peer_args))
     return 0
 
