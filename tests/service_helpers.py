@@ -1,16 +1,22 @@
-"""Shared helpers of the service tests: a real normserve server in a subprocess on a free
-loopback port, the demo models' parameters, and float64 reference outputs (the oracle)."""
+"""Shared helpers of the service tests: the app in this process (``in_process``: Starlette's
+TestClient, the app's lifespan run, and gRPC on a free loopback port when asked), a real
+normserve server in a subprocess on a free loopback port (``running_server``: only where the
+process is the point), the demo models' parameters, and float64 reference outputs (the
+oracle)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +30,13 @@ from tritonclient.grpc import model_config_pb2
 from normserve.kernels.dtypes import DATATYPES
 from normserve.kernels.oracle import reference, tolerance
 from normserve.repository import load_model
+from normserve.service.app import create_app
 from normserve.service.demo import demo_models
+from normserve.service.settings import Settings
+
+with warnings.catch_warnings():  # Starlette's advice to install httpx2: the client is httpx's
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from starlette.testclient import TestClient
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "service" / "demo_repository"
@@ -102,6 +114,110 @@ class Server:
             raise
         finally:
             self.log.close()
+
+
+@contextlib.contextmanager
+def cli_log_level() -> Iterator[None]:
+    """The log levels as ``normserve serve`` sets them (INFO; the logging extension reports
+    and changes them), restored afterwards."""
+    names = ("", "normserve", "uvicorn", "uvicorn.access", "uvicorn.error")
+    levels = {name: logging.getLogger(name).level for name in names}
+    logging.getLogger("normserve").setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+class InProcess:
+    """The app of ``create_app(settings)`` in this process, its lifespan entered: ``http`` is
+    a TestClient (an ``httpx.Client``: requests go straight to the ASGI app), ``grpc_url`` the
+    gRPC server the lifespan started on a free loopback port (None without gRPC)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.app = create_app(settings)
+        self.http = TestClient(self.app)
+        self.grpc_url = f"127.0.0.1:{settings.grpc_port}" if settings.grpc_port else None
+
+    @property
+    def ctx(self) -> Any:
+        """The running app's Context (registry, metrics, settings)."""
+        return self.app.state.ctx
+
+    def wait_ready(self) -> InProcess:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while self.http.get("/v2/health/ready").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"app not ready in {START_TIMEOUT_S} s")
+            time.sleep(0.02)
+        return self
+
+
+@contextlib.contextmanager
+def in_process(*, grpc: bool = False, **settings: Any) -> Iterator[InProcess]:
+    """The app, ready (every model warm), for these Settings fields; gRPC off unless asked."""
+    settings.setdefault("grpc_port", free_port() if grpc else 0)
+    app = InProcess(Settings(**settings))
+    # The TestClient runs the lifespan in its event-loop thread until closed.
+    with cli_log_level(), app.http:
+        yield app.wait_ready()
+
+
+class InThread:
+    """The app served by uvicorn on a free loopback port from a thread of this process: a
+    real socket for the clients that need one (tritonclient.http, gevent underneath), with
+    no process to start. ``url`` and ``grpc_url`` as ``Server``'s."""
+
+    def __init__(self, settings: Settings) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_url = f"127.0.0.1:{settings.grpc_port}" if settings.grpc_port else None
+        self.app = create_app(settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def ctx(self) -> Any:
+        return self.app.state.ctx
+
+    def alive(self) -> bool:
+        return self.thread.is_alive() and httpx.get(f"{self.url}/v2/health/live").is_success
+
+
+@contextlib.contextmanager
+def in_thread(*, grpc: bool = False, **settings: Any) -> Iterator[InThread]:
+    """The app served from a thread on a real socket, ready; gRPC off unless asked."""
+    settings.setdefault("grpc_port", free_port() if grpc else 0)
+    served = InThread(Settings(**settings))
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(cli_log_level())
+        stack.enter_context(_stopping(served))
+        served.thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if not served.thread.is_alive():
+                raise RuntimeError("the server thread ended at start-up")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{served.url}/v2/health/ready", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not ready in {START_TIMEOUT_S} s")
+            time.sleep(0.02)
+        yield served
+
+
+@contextlib.contextmanager
+def _stopping(served: InThread) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        served.server.should_exit = True
+        served.thread.join(60)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Property-based fuzzing of every v1 and v2 route from the server's own ``/openapi.json``:
+"""Property-based fuzzing of every v1 and v2 route from the app's own ``/openapi.json`` (the
+ASGI app in this process, its lifespan run):
 whatever schemathesis generates (valid and invalid data), the answer is never a 5xx, and every
 error is JSON with an ``error`` field."""
 
@@ -7,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from service_helpers import running_server
+from service_helpers import in_process
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -19,20 +20,20 @@ MODELS = ["layer_norm_1024", "batch_norm_8", "group_norm_8", "spectral_norm_64x3
 
 @pytest.fixture(scope="module")
 def fuzzed_server():
-    with running_server("--admin-token", "fuzz-token", "--max-body-bytes", "2000000",
-                        "--max-tensor-elements", "100000", "--request-timeout", "10") as srv:
-        yield srv
+    with in_process(admin_token="fuzz-token", max_body_bytes=2_000_000,
+                    max_tensor_elements=100_000, request_timeout=10) as app:
+        yield app
 
 
-def _operations(url: str) -> list:
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+def _operations(app) -> list:
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app.app)
     ops = [result.ok() for result in schema.get_all_operations()]
     return [op for op in ops if op.path.startswith(("/v1", "/v2"))]
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_server_errors(fuzzed_server, mode):
-    operations = _operations(fuzzed_server.url)
+    operations = _operations(fuzzed_server)
     assert len(operations) >= 15  # every v1 and v2 route is in the schema
     seen: dict[str, set[int]] = {}
 
@@ -71,4 +72,4 @@ def test_no_server_errors(fuzzed_server, mode):
     wanted = 200 if mode == GenerationMode.POSITIVE else 400
     assert any(wanted in codes for codes in seen.values()), seen
     print({label: sorted(codes) for label, codes in seen.items()})
-    assert fuzzed_server.proc.poll() is None
+    assert fuzzed_server.http.get("/v2/health/live").json() == {"live": True}

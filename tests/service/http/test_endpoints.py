@@ -1,29 +1,26 @@
-"""Every route of the service against a real server: health, metadata, the v1 routes, admin,
-metrics, a repository with broken models, several workers and the CLI's own checks."""
+"""Every route of the service, the app in this process: health, metadata, the v1 routes,
+admin, metrics and a repository with broken models (several workers and the CLI's own checks:
+tests/service/process)."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
-import httpx
 import numpy as np
 import pytest
 from service_helpers import (
     DEMO,
-    ROOT,
     SAMPLE_SHAPES,
     assert_matches_reference,
     check_triton_config,
     decode_response,
     demo_config,
     demo_params,
+    in_process,
     infer_binary_body,
     infer_json_body,
     reference_output,
-    running_server,
     sample_input,
 )
 
@@ -39,15 +36,13 @@ def server(tmp_path_factory):
     """The demo models in a writable repository of the test's own (registration writes)."""
     repo = tmp_path_factory.mktemp("repo") / "models"
     shutil.copytree(DEMO, repo)
-    with running_server("--model-repository", str(repo),
-                        env={"NORMSERVE_ADMIN_TOKEN": TOKEN}) as srv:
-        yield srv
+    with in_process(model_repository=str(repo), admin_token=TOKEN) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
 def http(server):
-    with httpx.Client(base_url=server.url, timeout=60) as client:
-        yield client
+    return server.http
 
 
 def _tensor(a: np.ndarray, datatype: str = "FP32") -> dict:
@@ -191,17 +186,16 @@ def test_onnx_download(http):
         assert with_opset.status_code == 400 and "opset" in with_opset.json()["error"]
 
 
-def test_registration_is_off_without_a_token(tmp_path):
+def test_registration_is_off_without_a_token(app_factory, tmp_path):
     save_model(tmp_path / "only", {"kind": "rms_norm", "normalized_shape": [4],
                                    "input_shape": [4]}, {})
-    with running_server("--model-repository", str(tmp_path),
-                        env={"NORMSERVE_ADMIN_TOKEN": ""}) as srv:
-        resp = httpx.put(f"{srv.url}/v1/models/x", json={"kind": "rms_norm"}, headers=AUTH)
-        assert resp.status_code == 403 and "disabled" in resp.json()["error"]
-        assert httpx.delete(f"{srv.url}/v1/models/only", headers=AUTH).status_code == 403
+    http = app_factory(model_repository=str(tmp_path), admin_token=None).http
+    resp = http.put("/v1/models/x", json={"kind": "rms_norm"}, headers=AUTH)
+    assert resp.status_code == 403 and "disabled" in resp.json()["error"]
+    assert http.delete("/v1/models/only", headers=AUTH).status_code == 403
 
 
-def test_broken_models_are_reported_and_skipped(tmp_path):
+def test_broken_models_are_reported_and_skipped(app_factory, tmp_path):
     save_model(tmp_path / "good", {"kind": "rms_norm", "normalized_shape": [4],
                                    "input_shape": [4]}, {"weight": np.ones(4, np.float32)})
     save_model(tmp_path / "bad name!", {"kind": "rms_norm", "normalized_shape": [4]}, {})
@@ -215,84 +209,21 @@ def test_broken_models_are_reported_and_skipped(tmp_path):
     (tmp_path / "pickled" / "config.json").write_text(json.dumps(
         {"kind": "layer_norm", "normalized_shape": [2]}))
     np.savez(tmp_path / "pickled" / "params.npz", weight=np.array([{"a": 1}, None], dtype=object))
-    with running_server("--model-repository", str(tmp_path)) as srv:
-        listed = httpx.get(f"{srv.url}/v1/models").json()
-        assert [m["name"] for m in listed["models"]] == ["good"]
-        errors = {s["name"]: s["error"] for s in listed["skipped"]}
-        assert set(errors) == {"bad name!", "bad_json", "bad_field", "bad_params", "pickled"}
-        assert "config.json" in errors["bad_json"]
-        assert "max_batch_size" in errors["bad_field"]
-        assert "weight" in errors["bad_params"]
-        assert "params.npz" in errors["pickled"]
-        resp = httpx.get(f"{srv.url}/v2/models/bad_field")
-        assert resp.status_code == 404 and "max_batch_size" in resp.json()["error"]
-        assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
-        x = np.arange(8, dtype=np.float32).reshape(2, 4)
-        resp = httpx.post(f"{srv.url}/v2/models/good/infer", json=infer_json_body(x, "FP32"))
-        from normserve.kernels import reference
+    http = app_factory(model_repository=str(tmp_path)).http
+    listed = http.get("/v1/models").json()
+    assert [m["name"] for m in listed["models"]] == ["good"]
+    errors = {s["name"]: s["error"] for s in listed["skipped"]}
+    assert set(errors) == {"bad name!", "bad_json", "bad_field", "bad_params", "pickled"}
+    assert "config.json" in errors["bad_json"]
+    assert "max_batch_size" in errors["bad_field"]
+    assert "weight" in errors["bad_params"]
+    assert "params.npz" in errors["pickled"]
+    resp = http.get("/v2/models/bad_field")
+    assert resp.status_code == 404 and "max_batch_size" in resp.json()["error"]
+    assert http.get("/v2/health/ready").status_code == 200
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    resp = http.post("/v2/models/good/infer", json=infer_json_body(x, "FP32"))
+    from normserve.kernels import reference
 
-        np.testing.assert_allclose(decode_response(resp), reference.rms_norm(x, [4]),
-                                   rtol=1e-5, atol=1e-6)
-
-
-def test_two_workers_act_as_one_server(tmp_path):
-    """--workers 2: a registration reaches both workers before it is acknowledged (40 fresh
-    connections, spread over the workers by the kernel, all get the new model), a removal
-    too, and every /metrics scrape reads the exact total of successful requests."""
-    shutil.copytree(DEMO, tmp_path / "models")
-    with running_server("--workers", "2", "--admin-token", TOKEN, "--model-repository",
-                        str(tmp_path / "models")) as srv:
-        successes = 0
-        for seed in range(8):
-            x = sample_input("spectral_norm_64x32", 2, "FP32", seed)
-            body, headers = infer_binary_body(x, "FP32")
-            with httpx.Client(base_url=srv.url, timeout=60) as http:  # fresh connections
-                resp = http.post("/v2/models/spectral_norm_64x32/infer", content=body,
-                                 headers=headers)
-            assert_matches_reference("spectral_norm_64x32", x, decode_response(resp), "FP32")
-            successes += 1
-        weight = np.linspace(0.5, 1.5, 16)
-        reg = {"kind": "rms_norm", "normalized_shape": [16], "input_shape": [16],
-               "params": {"weight": _tensor(weight)}}
-        resp = httpx.put(f"{srv.url}/v1/models/added", json=reg, headers=AUTH, timeout=60)
-        assert resp.status_code == 201, resp.text
-        assert resp.json()["workers"] == {"serving": 2, "of": 2}
-        x = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
-        body, headers = infer_binary_body(x, "FP32")
-        from normserve.kernels import reference
-
-        for _ in range(40):
-            with httpx.Client(base_url=srv.url, timeout=60) as http:
-                resp = http.post("/v2/models/added/infer", content=body, headers=headers)
-            assert resp.status_code == 200, resp.text
-            assert_close(decode_response(resp), reference.rms_norm(x, [16], weight),
-                         np.float32)
-            successes += 1
-        for _ in range(5):
-            with httpx.Client(base_url=srv.url, timeout=60) as http:
-                text = http.get("/metrics").text
-            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("nv_inference_request_success_total{"))
-            assert total == successes, text[:2000]
-            with httpx.Client(base_url=srv.url, timeout=60) as http:
-                stats = http.get("/v2/models/added/stats").json()["model_stats"][0]
-            assert stats["inference_count"] == 40 * 2  # rows, counted by both workers
-            assert stats["inference_stats"]["success"]["count"] == 40
-        assert httpx.delete(f"{srv.url}/v1/models/added", headers=AUTH).status_code == 200
-        for _ in range(20):
-            with httpx.Client(base_url=srv.url, timeout=60) as http:
-                assert http.post("/v2/models/added/infer", content=body,
-                                 headers=headers).status_code == 404
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["--model-repository", "/no/such/dir"], "not a directory"),
-    (["--workers", "0"], "must be > 0"),
-    (["--device", "tpu"], "invalid choice"),
-    (["--max-queue-delay-us", "-1"], "must be >= 0"),
-])
-def test_cli_refuses_bad_options(args, message):
-    proc = subprocess.run([sys.executable, "-m", "normserve.cli", "serve", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert message in proc.stderr
+    np.testing.assert_allclose(decode_response(resp), reference.rms_norm(x, [4]),
+                               rtol=1e-5, atol=1e-6)

@@ -1,12 +1,13 @@
-"""Triton's protocol extensions over HTTP, through tritonclient.http unmodified: model
-configuration, statistics, the repository API (admin only), logging; and /v2 listing them."""
+"""Triton's protocol extensions over HTTP, through tritonclient.http unmodified (the app served
+from a thread of this process: tritonclient needs a socket): model configuration, statistics,
+the repository API (admin only), logging; and /v2 listing them."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 import tritonclient.http as httpclient
-from service_helpers import SAMPLE_SHAPES, check_triton_config, running_server, sample_input
+from service_helpers import SAMPLE_SHAPES, check_triton_config, in_thread, sample_input
 from tritonclient.utils import InferenceServerException
 
 TOKEN = "tok"
@@ -15,7 +16,7 @@ ADMIN = {"authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server("--admin-token", TOKEN) as srv:
+    with in_thread(admin_token=TOKEN) as srv:
         yield srv
 
 
@@ -70,20 +71,18 @@ def test_repository_api_is_admin_only(client):
         client.load_model("layer_norm_1024", headers=ADMIN)
 
 
-def test_repository_index_reports_skipped_folders(tmp_path):
+def test_repository_index_reports_skipped_folders(app_factory, tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    with running_server("--model-repository", str(tmp_path), "--admin-token", TOKEN) as srv:
-        index = httpx.post(srv.url + "/v2/repository/index", headers=ADMIN).json()
-        assert index == [{"name": "broken", "version": "1", "state": "UNAVAILABLE",
-                          "reason": index[0]["reason"]}]
-        assert "config.json" in index[0]["reason"]
-        ready = httpx.post(srv.url + "/v2/repository/index", json={"ready": True},
-                           headers=ADMIN).json()
-        assert ready == []
-        bad = httpx.post(srv.url + "/v2/repository/index", json={"ready": "yes"},
-                         headers=ADMIN)
-        assert bad.status_code == 400 and bad.json()["error"].startswith("ready:")
+    http = app_factory(model_repository=str(tmp_path), admin_token=TOKEN).http
+    index = http.post("/v2/repository/index", headers=ADMIN).json()
+    assert index == [{"name": "broken", "version": "1", "state": "UNAVAILABLE",
+                      "reason": index[0]["reason"]}]
+    assert "config.json" in index[0]["reason"]
+    ready = http.post("/v2/repository/index", json={"ready": True}, headers=ADMIN).json()
+    assert ready == []
+    bad = http.post("/v2/repository/index", json={"ready": "yes"}, headers=ADMIN)
+    assert bad.status_code == 400 and bad.json()["error"].startswith("ready:")
 
 
 def test_log_settings(client, server):
