@@ -34,9 +34,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.cpu_jit import jit
 from normserve.kernels.functional import BY_KIND
-from normserve.kernels.layers import PreparedLayer, prepare
 
 FLUSH_BYTES = 256 << 20
 MODES = ("back-to-back", "idle")

@@ -15,7 +15,7 @@ from .functional import (
     spectral_sigma,
     weight_norm_linear,
 )
-from .layers import KINDS, PreparedLayer, prepare
+from .kinds import KINDS, PreparedLayer, prepare
 
 __all__ = [
     "KINDS",

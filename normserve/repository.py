@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from normserve.kernels.layers import KINDS, PreparedLayer, prepare
+from normserve.kernels import KINDS, PreparedLayer, prepare
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 #: What a model name must be, as error messages say it. A leading dot is refused: "." and ".."

@@ -1,0 +1,227 @@
+"""Normalised linears: weight norm and spectral norm, a linear layer whose weight is
+normalised once at load (``w = g * v / ||v||``, ``W / sigma(W)``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import reference as R
+from .base import Params, PreparedLayer, as_array, optional_array, reject_unknown, resolve_names
+from .registry import Benchmarks, Example, Kind, OnnxNode, Sizes, register
+
+
+class _Linear(PreparedLayer):
+    """``y = x @ weight.T + bias`` with a weight normalised once at load."""
+
+    def _set_weight(self, weight: np.ndarray, bias: Any) -> None:
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+        self.bias = optional_array(bias, "bias", (self.out_features,))
+        self.sample_shape = (self.in_features,)
+
+    @property
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias}
+
+    def sample_output_shape(self, dims):
+        return (*dims[:-1], self.out_features)
+
+    def output_shape(self, shape):
+        if len(shape) < 2 or shape[-1] != self.in_features:
+            raise ValueError(f"x must be (batch, ..., {self.in_features}), got shape "
+                             f"{list(shape)}")
+        return (*shape[:-1], self.out_features)
+
+    def work(self, shape):
+        return math.prod(shape) * self.out_features  # multiply-adds
+
+    def _kernel_params(self, shape):
+        bias = np.zeros(self.out_features) if self.bias is None else self.bias
+        # Each backend reads the weight in its own layout: (in, out) unless it says otherwise.
+        layout = getattr(self._backend, "linear_weight", _transposed)
+        return {"weight": np.ascontiguousarray(layout(self.weight)), "bias": bias}
+
+    def _run(self, be, x, out, p):
+        be.linear(x.reshape(-1, self.in_features), p["weight"], p["bias"],
+                  out.reshape(-1, self.out_features))
+
+
+def _transposed(weight: np.ndarray) -> np.ndarray:
+    return weight.T
+
+
+def weight_norm_weight(weight_v: Any, weight_g: Any, dim: int = 0) -> np.ndarray:
+    """``w = g * v / ||v||``, the norm over every axis but ``dim`` (torch's weight_norm)."""
+    v = as_array(weight_v, "weight_v", ndim=2)
+    g = as_array(weight_g, "weight_g")
+    if dim not in (0, 1, -1, -2):
+        raise ValueError(f"dim must be 0 or 1 for a linear weight, got {dim}")
+    dim %= 2
+    expected = (v.shape[0], 1) if dim == 0 else (1, v.shape[1])
+    if g.size != expected[0] * expected[1]:
+        raise ValueError(f"weight_g must have shape {list(expected)}, got {list(g.shape)}")
+    norm = np.sqrt((v * v).sum(axis=1 - dim, keepdims=True))
+    if np.any(norm == 0):
+        raise ValueError("weight_v has an all-zero slice: its norm is 0")
+    return g.reshape(expected) * v / norm
+
+
+class WeightNormLinear(_Linear):
+    kind = "weight_norm"
+    #: torch's classic name -> its parametrization name.
+    aliases: ClassVar[dict[str, str]] = {"weight_v": "parametrizations.weight.original1",
+                                         "weight_g": "parametrizations.weight.original0"}
+    param_names = frozenset({"bias", *aliases, *aliases.values()})
+
+    def __init__(self, weight_v, weight_g, bias=None, dim=0, device="cpu"):
+        super().__init__(device)
+        self.dim = dim
+        self._set_weight(weight_norm_weight(weight_v, weight_g, dim), bias)
+
+    @classmethod
+    def from_state_dict(cls, params: Params, dim=0, device="cpu"):
+        resolved = resolve_names(params, cls.aliases, cls.kind)
+        reject_unknown(params, cls.param_names, cls.kind)
+        return cls(resolved["weight_v"], resolved["weight_g"], params.get("bias"), dim, device)
+
+    @property
+    def hyper(self):
+        return {"dim": self.dim, "in_features": self.in_features,
+                "out_features": self.out_features}
+
+
+def spectral_sigma(weight_orig: Any, weight_u: Any = None, weight_v: Any = None) -> float:
+    """sigma(W): ``u . (W v)`` from stored vectors (torch eval mode), else the exact 2-norm."""
+    w = as_array(weight_orig, "weight_orig", ndim=2)
+    if (weight_u is None) != (weight_v is None):
+        raise ValueError("weight_u and weight_v must be given together")
+    if weight_u is not None:
+        u = as_array(weight_u, "weight_u", ndim=1)
+        v = as_array(weight_v, "weight_v", ndim=1)
+        for name, vec, n in (("weight_u", u, w.shape[0]), ("weight_v", v, w.shape[1])):
+            if vec.shape != (n,):
+                raise ValueError(f"{name} must have shape [{n}] (weight_orig is "
+                                 f"{list(w.shape)}), got {list(vec.shape)}")
+        sigma = float(u @ (w @ v))
+    else:
+        sigma = float(np.linalg.norm(w, 2))
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma(W) must be positive, got {sigma}")
+    return sigma
+
+
+class SpectralNormLinear(_Linear):
+    kind = "spectral_norm"
+    #: torch's classic name -> its parametrization name.
+    aliases: ClassVar[dict[str, str]] = {"weight_orig": "parametrizations.weight.original",
+                                         "weight_u": "parametrizations.weight.0._u",
+                                         "weight_v": "parametrizations.weight.0._v"}
+    param_names = frozenset({"bias", *aliases, *aliases.values()})
+
+    def __init__(self, weight_orig, bias=None, weight_u=None, weight_v=None, device="cpu"):
+        super().__init__(device)
+        self.sigma = spectral_sigma(weight_orig, weight_u, weight_v)
+        self._set_weight(as_array(weight_orig, "weight_orig", ndim=2) / self.sigma, bias)
+
+    @classmethod
+    def from_state_dict(cls, params: Params, device="cpu"):
+        resolved = resolve_names(params, cls.aliases, cls.kind,
+                                 optional=frozenset({"weight_u", "weight_v"}))
+        reject_unknown(params, cls.param_names, cls.kind)
+        return cls(resolved["weight_orig"], params.get("bias"), resolved.get("weight_u"),
+                   resolved.get("weight_v"), device)
+
+    @property
+    def hyper(self):
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "sigma": self.sigma}
+
+
+def weight_norm_linear(x, weight_v, weight_g, bias=None, dim=0, *, device="cpu", out=None):
+    return WeightNormLinear(weight_v, weight_g, bias, dim, device).apply(x, out)
+
+
+def spectral_norm_linear(x, weight_orig, bias=None, weight_u=None, weight_v=None, *,
+                         device="cpu", out=None):
+    layer = SpectralNormLinear(weight_orig, bias, weight_u, weight_v, device)
+    return layer.apply(x, out)
+
+
+def _weight_norm_example(rng: np.random.Generator, sizes: Sizes,
+                         affine: bool = True) -> Example:
+    v = rng.standard_normal((sizes.out_features, sizes.in_features))
+    params = {"weight_v": v, "weight_g": rng.uniform(0.5, 2.0, (sizes.out_features, 1))}
+    if affine:
+        params["bias"] = rng.uniform(-1.0, 1.0, sizes.out_features)
+    return Example(params, {}, (sizes.in_features,))
+
+
+def _spectral_norm_example(rng: np.random.Generator, sizes: Sizes,
+                           affine: bool = True) -> Example:
+    """With ``affine``, torch's stored ``u``, ``v`` too: a few power-iteration steps from a
+    random ``v``, as training leaves them (so sigma = u . W v > 0)."""
+    w = rng.standard_normal((sizes.out_features, sizes.in_features))
+    params = {"weight_orig": w}
+    if affine:
+        params["bias"] = rng.uniform(-1.0, 1.0, sizes.out_features)
+        v = rng.standard_normal(sizes.in_features)
+        for _ in range(3):
+            u = w @ v
+            u /= np.linalg.norm(u)
+            v = w.T @ u
+            v /= np.linalg.norm(v)
+        params |= {"weight_u": u, "weight_v": v}
+    return Example(params, {}, (sizes.in_features,))
+
+
+def _numpy_peer(layer: _Linear, x: np.ndarray):
+    """``x @ w.T + b`` in FP32 NumPy (its BLAS)."""
+    wt = np.ascontiguousarray(layer.weight.T.astype(np.float32))
+    bias = None if layer.bias is None else layer.bias.astype(np.float32)
+    return (lambda: x @ wt) if bias is None else (lambda: x @ wt + bias)
+
+
+def _torch_peer(layer: _Linear, x, params):
+    import torch
+    import torch.nn.functional as F
+
+    w = torch.from_numpy(np.ascontiguousarray(layer.weight)).to(x.device, x.dtype)
+    return lambda: F.linear(x, w, params.get("bias"))
+
+
+def _onnx_peer(layer: _Linear, params):
+    inputs = {"weight": layer.weight.astype(np.float32)}
+    if layer.bias is not None:
+        inputs["bias"] = layer.bias.astype(np.float32)
+    return OnnxNode("Gemm", inputs, {"transB": 1})
+
+
+def _folded(x, p, h):
+    """The prepared ``params`` hold the normalised weight: a plain linear layer."""
+    return R.linear(x, p["weight"], p["bias"])
+
+
+_CUDA = Sizes(batch=4096, in_features=4096, out_features=4096)
+_CUDA_QUICK = Sizes(batch=512, in_features=1024, out_features=1024)
+
+register(Kind(
+    layer=WeightNormLinear, functional=weight_norm_linear, example=_weight_norm_example,
+    reference=lambda x, p, h: R.weight_norm_linear(x, p["weight_v"], p["weight_g"],
+                                                   p.get("bias"), h.get("dim", 0)),
+    folded_reference=_folded,
+    numpy_peer=_numpy_peer, torch_peer=_torch_peer, onnx_peer=_onnx_peer,
+    benchmarks=Benchmarks(cpu=(Sizes(batch=4096, in_features=1024, out_features=1024),),
+                          cuda=_CUDA, cuda_quick=_CUDA_QUICK)))
+
+register(Kind(
+    layer=SpectralNormLinear, functional=spectral_norm_linear,
+    example=_spectral_norm_example,
+    reference=lambda x, p, h: R.spectral_norm_linear(x, p["weight_orig"], p.get("bias"),
+                                                     p.get("weight_u"), p.get("weight_v")),
+    folded_reference=_folded,
+    numpy_peer=_numpy_peer, torch_peer=_torch_peer, onnx_peer=_onnx_peer,
+    # On the CPU its forward pass is weight norm's GEMM, timed there.
+    benchmarks=Benchmarks(cuda=_CUDA, cuda_quick=_CUDA_QUICK)))
