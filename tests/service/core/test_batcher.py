@@ -23,8 +23,8 @@ import pytest
 
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.dtypes import DATATYPES
-from normserve.service import batcher as batcher_module
-from normserve.service.batcher import (
+from normserve.service.batching import batcher as batcher_module
+from normserve.service.batching.batcher import (
     _IDLE_TURNS,
     INLINE_MAX_WORK,
     Batcher,

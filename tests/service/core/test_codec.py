@@ -1,6 +1,6 @@
 """The core's decoding and encoding of tensors, in-process, for both transports.
 
-test_service_hostile.py sends its corpus through a server; here the same corpus (imported,
+http/test_hostile.py sends its corpus through the app; here the same corpus (imported,
 not copied) goes through the core's own functions (body reading, ``codec.decode_infer``,
 ``DataPlane.infer``), and the gRPC ``ModelInferRequest`` through ``grpc.codec.decode_request``,
 with no socket in between. That pins each refusal to the exact ``ApiError`` (status, message
@@ -27,31 +27,31 @@ import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from service_helpers import infer_json_body
+from service_hostile_corpus import CORPUS, MAX_BODY
 from starlette.requests import Request
-from test_service_hostile import CORPUS, MAX_BODY
 from tritonclient.grpc import service_pb2 as pb
 
 from normserve.kernels.dtypes import DATATYPES
-from normserve.service.body import read_body, read_body_within
-from normserve.service.codec import (
+from normserve.service.core.calls import InferCall
+from normserve.service.core.context import Context
+from normserve.service.core.errors import ApiError
+from normserve.service.core.metrics import Metrics
+from normserve.service.core.tensors import Limits
+from normserve.service.extensions.shared_memory import SharedMemory
+from normserve.service.grpc.codec import decode_request, encode_response
+from normserve.service.grpc.errors import status_code
+from normserve.service.http.body import read_body, read_body_within
+from normserve.service.http.codec import (
     HEADER_LENGTH,
-    InferCall,
-    Limits,
     decode_infer,
     decode_tensor,
     encode_infer,
 )
-from normserve.service.connections import BODY_DEADLINE
-from normserve.service.context import Context
-from normserve.service.errors import ApiError
-from normserve.service.fastpath import _INFER
-from normserve.service.grpc.codec import decode_request, encode_response
-from normserve.service.grpc.errors import status_code
-from normserve.service.metrics import Metrics
-from normserve.service.registry import Registry
-from normserve.service.schemas import Tensor
+from normserve.service.http.connections import BODY_DEADLINE
+from normserve.service.http.fastpath import _INFER
+from normserve.service.http.schemas import Tensor
+from normserve.service.models.registry import Registry
 from normserve.service.settings import Settings
-from normserve.service.shared_memory import SharedMemory
 
 SETTINGS = Settings(max_body_bytes=MAX_BODY, warmup=False)
 LIMITS = Limits(SETTINGS.max_tensor_elements, SETTINGS.max_rank)

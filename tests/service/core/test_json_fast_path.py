@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from normserve.kernels.dtypes import DATATYPES
-from normserve.service import codec
-from normserve.service.errors import ApiError
-from normserve.service.shared_memory import SharedMemory
+from normserve.service.core.errors import ApiError
+from normserve.service.extensions.shared_memory import SharedMemory
+from normserve.service.http import codec
 
 LIMITS = codec.Limits(1 << 20)
 NO_SHM = SharedMemory(False)

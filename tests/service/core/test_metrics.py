@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from normserve.service.metrics import Metrics
+from normserve.service.core.metrics import Metrics
 
 LABELS = {"model": "m", "version": "1"}
 

@@ -23,13 +23,14 @@ import numpy as np
 import pytest
 
 from normserve.kernels import prepare
-from normserve.service.batcher import Closed
-from normserve.service.codec import InferCall, Limits
-from normserve.service.context import Context
-from normserve.service.dataplane import DataPlane
-from normserve.service.errors import ApiError
-from normserve.service.metrics import Metrics
-from normserve.service.registry import DEMO_REPOSITORY, Registry
+from normserve.service.batching.batcher import Closed
+from normserve.service.core.calls import InferCall
+from normserve.service.core.context import Context
+from normserve.service.core.dataplane import DataPlane
+from normserve.service.core.errors import ApiError
+from normserve.service.core.metrics import Metrics
+from normserve.service.core.tensors import Limits
+from normserve.service.models.registry import DEMO_REPOSITORY, Registry
 from normserve.service.settings import Settings
 
 TOKEN = "t0ken"

@@ -1,6 +1,8 @@
-"""The gRPC transport against a real normserve: tritonclient.grpc (sync, asyncio, streaming),
+"""The gRPC transport, its server started by the app's lifespan in this process on a free
+loopback port (HTTP through the TestClient): tritonclient.grpc (sync, asyncio, streaming),
 Triton's raw stub for what tritonclient never sends (typed contents, hostile messages), the
-gRPC health service, and HTTP and gRPC clients sharing one model's batches."""
+gRPC health service, and HTTP and gRPC clients sharing one model's batches. SIGTERM draining
+and several workers on one port: tests/service/process/test_grpc_process.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -20,9 +21,9 @@ from service_helpers import (
     SAMPLE_SHAPES,
     assert_matches_reference,
     check_triton_config,
+    in_process,
     infer_binary_body,
     local_layer,
-    running_server,
     sample_input,
 )
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -38,8 +39,8 @@ LN = "layer_norm_1024"
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server("--admin-token", TOKEN, "--max-body-bytes", str(MAX_BODY)) as srv:
-        yield srv
+    with in_process(grpc=True, admin_token=TOKEN, max_body_bytes=MAX_BODY) as app:
+        yield app
 
 
 @pytest.fixture(scope="module")
@@ -72,12 +73,12 @@ def test_health_metadata_config_and_index(client, server):
     assert client.is_server_live() and client.is_server_ready()
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "normserve"
-    http_meta = httpx.get(server.url + "/v2").json()
+    http_meta = server.http.get("/v2").json()
     assert meta["extensions"] == http_meta["extensions"]
     for name in KINDS:
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
         m = client.get_model_metadata(name, as_json=True)
-        over_http = httpx.get(f"{server.url}/v2/models/{name}").json()
+        over_http = server.http.get(f"/v2/models/{name}").json()
         for key in ("name", "versions", "platform"):
             assert m[key] == over_http[key]
         for key in ("inputs", "outputs"):
@@ -315,7 +316,7 @@ def test_statistics_count_what_the_batcher_did(server):
     name = "rms_norm_512"
 
     def stats() -> dict:
-        return httpx.get(f"{server.url}/v2/models/{name}/stats").json()["model_stats"][0]
+        return server.http.get(f"/v2/models/{name}/stats").json()["model_stats"][0]
 
     before = stats()
     c = grpcclient.InferenceServerClient(server.grpc_url)
@@ -356,7 +357,7 @@ def test_log_settings_round_trip(server, client):
     before = client.get_log_settings(as_json=True)["settings"]
     assert before["log_info"]["bool_param"] is True
     client.update_log_settings({"log_verbose_level": 1})
-    assert httpx.get(server.url + "/v2/logging").json()["log_verbose_level"] == 1
+    assert server.http.get("/v2/logging").json()["log_verbose_level"] == 1
     client.update_log_settings({"log_verbose_level": 0})
     with pytest.raises(InferenceServerException) as err:
         client.update_log_settings({"log_colour": True})
@@ -383,60 +384,17 @@ def test_http_and_grpc_clients_share_one_model(server):
         c.close()
 
     def http_worker(k: int) -> None:
-        with httpx.Client(base_url=server.url, timeout=60) as h:
-            for i in range(50):
-                x = sample_input(LN, 1 + (k + i) % 3, "FP32", seed=20_000 + k * 100 + i)
-                body, headers = infer_binary_body(x, "FP32")
-                resp = h.post(f"/v2/models/{LN}/infer", content=body, headers=headers)
-                n = int(resp.headers["inference-header-content-length"])
-                if resp.content[n:] != layer.apply(x).tobytes():
-                    with lock:
-                        failures.append(f"http {k}/{i}")
+        for i in range(50):
+            x = sample_input(LN, 1 + (k + i) % 3, "FP32", seed=20_000 + k * 100 + i)
+            body, headers = infer_binary_body(x, "FP32")
+            resp = server.http.post(f"/v2/models/{LN}/infer", content=body, headers=headers)
+            n = int(resp.headers["inference-header-content-length"])
+            if resp.content[n:] != layer.apply(x).tobytes():
+                with lock:
+                    failures.append(f"http {k}/{i}")
 
     with ThreadPoolExecutor(32) as pool:
         futures = [pool.submit(grpc_worker if k % 2 else http_worker, k) for k in range(32)]
         for f in futures:
             f.result()
     assert not failures, failures[:5]
-
-
-# --- lifecycle --------------------------------------------------------------------------------
-def test_sigterm_drains_grpc_requests_in_flight():
-    srv = running_server("--max-queue-delay-us", "200000", "--batch-wait", "deadline")
-    server = srv.__enter__()
-    try:
-        layer = local_layer(LN)
-        xs = [sample_input(LN, 1, "FP32", seed=300 + i) for i in range(16)]
-
-        async def main() -> list[np.ndarray]:
-            async with aioclient.InferenceServerClient(server.grpc_url) as c:
-                async def one(x: np.ndarray) -> np.ndarray:
-                    inp = aioclient.InferInput("input", list(x.shape), "FP32")
-                    inp.set_data_from_numpy(x)
-                    return (await c.infer(LN, [inp])).as_numpy("output")
-
-                tasks = [asyncio.create_task(one(x)) for x in xs]
-                await asyncio.sleep(0.1)  # queued: the batch waits up to 200 ms for company
-                server.terminate()
-                return await asyncio.gather(*tasks)
-
-        for x, y in zip(xs, asyncio.run(main()), strict=True):
-            assert y.tobytes() == layer.apply(x).tobytes()
-        assert server.proc.wait(60) == 0
-    finally:
-        srv.__exit__(None, None, None)
-
-
-def test_workers_share_the_grpc_port():
-    with running_server("--workers", "2") as server:
-        layer = local_layer(LN)
-        for i in range(20):  # fresh channels: the kernel spreads connections across workers
-            c = grpcclient.InferenceServerClient(server.grpc_url)
-            x = sample_input(LN, 1, "FP32", seed=400 + i)
-            assert c.infer(LN, [_input(x, "FP32")]).as_numpy("output").tobytes() == \
-                layer.apply(x).tobytes()
-            c.close()
-        # A second server may not share the port (only one server's workers do).
-        with pytest.raises(RuntimeError, match="gRPC: cannot listen on"), \
-                running_server("--grpc-port", str(server.grpc_port)):
-            pass

@@ -26,7 +26,7 @@ import httpx
 import numba
 import numpy as np
 import pytest
-from service_helpers import Server, running_server
+from service_helpers import InThread, in_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -44,8 +44,10 @@ ASSET = "/static-offline-docs/"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running_server() as srv:
+def server() -> Iterator[InThread]:
+    """The app served on a loopback socket from a thread of this process (Chromium needs a
+    URL)."""
+    with in_thread() as srv:
         yield srv
 
 
@@ -85,7 +87,7 @@ def _kind(tag: str, rel: str) -> str | None:
 
 
 @pytest.mark.parametrize("page", sorted(PAGES))
-def test_page_loads_only_its_own_server_assets(server: Server, page: str) -> None:
+def test_page_loads_only_its_own_server_assets(server: InThread, page: str) -> None:
     resp = httpx.get(server.url + page, timeout=30)
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/html")
@@ -107,7 +109,7 @@ def test_page_loads_only_its_own_server_assets(server: Server, page: str) -> Non
     assert kinds == PAGES[page]
 
 
-def test_docs_options_and_redoc_off(server: Server) -> None:
+def test_docs_options_and_redoc_off(server: InThread) -> None:
     html = httpx.get(server.url + "/docs", timeout=30).text
     assert "url: '/openapi.json'" in html
     assert httpx.get(server.url + "/openapi.json", timeout=30).json()["paths"]
@@ -150,7 +152,7 @@ def _chromium(url: str, port: int, work: Path, *mode: str) -> tuple[str, list[st
     return proc.stdout, requested
 
 
-def _assert_all_local(requested: list[str], server: Server, *expected: str) -> None:
+def _assert_all_local(requested: list[str], server: InThread, *expected: str) -> None:
     off_server = [u for u in requested if not u.startswith(server.url + "/")]
     assert not off_server, f"/docs asked for {off_server}"
     for path in expected:
@@ -164,7 +166,7 @@ def _rendered_paths(dom: str) -> set[str]:
 
 
 @needs_chromium
-def test_docs_render_operations_offline(server: Server, refused_port: int,
+def test_docs_render_operations_offline(server: InThread, refused_port: int,
                                         tmp_path: Path) -> None:
     dom, requested = _chromium(server.url + "/docs", refused_port, tmp_path, "--dump-dom")
     rendered = _rendered_paths(dom)
@@ -178,7 +180,7 @@ def test_docs_render_operations_offline(server: Server, refused_port: int,
 
 
 @needs_chromium
-def test_docs_screenshot_shows_operations(server: Server, refused_port: int,
+def test_docs_screenshot_shows_operations(server: InThread, refused_port: int,
                                           tmp_path: Path) -> None:
     png = tmp_path / "docs.png"
     _, requested = _chromium(server.url + "/docs", refused_port, tmp_path,

@@ -1,5 +1,6 @@
 """Triton's system shared memory extension with tritonclient.utils.shared_memory, over HTTP
-and gRPC, against a real normserve started with --allow-shared-memory; the hostile cases
+and gRPC, against the app with allow_shared_memory served from a thread of this process (the
+clients need sockets); the hostile cases
 (unknown regions, offsets past the end, keys that are not shared-memory objects, regions
 unregistered while in use); and the extension being off by default."""
 
@@ -14,7 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from service_helpers import local_layer, running_server, sample_input
+from service_helpers import in_thread, local_layer, sample_input
 from tritonclient.utils import InferenceServerException
 
 LN = "layer_norm_1024"
@@ -22,7 +23,7 @@ LN = "layer_norm_1024"
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server("--allow-shared-memory") as srv:
+    with in_thread(grpc=True, allow_shared_memory=True) as srv:
         yield srv
 
 
@@ -182,7 +183,7 @@ def test_unregistered_while_in_use(server, regions):
 
 def test_off_by_default(regions):
     name, _ = regions(64)
-    with running_server() as srv:
+    with in_thread(grpc=True) as srv:
         assert "system_shared_memory" not in httpx.get(srv.url + "/v2").json()["extensions"]
         for c in (httpclient.InferenceServerClient(srv.url.removeprefix("http://")),
                   grpcclient.InferenceServerClient(srv.grpc_url)):

@@ -207,7 +207,7 @@ def test_both_parsers_enforce_deadlines_and_bound(protocol):
 
     import uvicorn
 
-    from normserve.service import connections
+    from normserve.service.http import connections
     from normserve.service.settings import Settings
 
     connections.configure(Settings(request_header_timeout=0.5, request_timeout=1.0,
