@@ -4,8 +4,8 @@
 evaluator) against the kernel, ``write_triton_repository`` lays out a model repository.
 """
 
+from .builders import FORMS
 from .errors import ExportError, OpsetError, ParityError
-from .kinds import FORMS
 from .model import INPUT_NAME, OUTPUT_NAME, check_model, to_onnx
 from .opsets import MIN_OPSET, default_opset, max_opset
 from .parity import ParityReport, check_parity

@@ -1,6 +1,6 @@
 """A small ONNX graph builder: unique names, typed initializers, opset-aware helpers.
 
-Kind builders (``export.kinds``) describe their maths with it and never touch protobuf.
+Kind builders (``export.builders``) describe their maths with it and never touch protobuf.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .builders import FORMS, builder_for
 from .errors import ExportError
 from .graph import FLOAT, FLOAT16, GraphBuilder
-from .kinds import FORMS, builder_for, output_dims
 from .opsets import check_opset
 
 INPUT_NAME = "input"
@@ -51,7 +51,7 @@ def to_onnx(layer, opset: int | None = None, *, dtype: str = "fp32", form: str =
     """The layer as an ONNX model named ``input`` -> ``output``, batch axis dynamic.
 
     ``form`` picks native operators or the stable two-pass decomposition (see
-    ``export.kinds``); ``check`` runs the full checker and strict shape inference.
+    ``export.builders``); ``check`` runs the full checker and strict shape inference.
     """
     opset = check_opset(opset, layer.kind)
     if dtype not in DTYPES:
@@ -70,7 +70,7 @@ def to_onnx(layer, opset: int | None = None, *, dtype: str = "fp32", form: str =
     graph = helper.make_graph(
         g.nodes, f"normserve_{layer.kind}",
         [_value_info(INPUT_NAME, io_type, dims)],
-        [_value_info(OUTPUT_NAME, io_type, output_dims(layer, dims))],
+        [_value_info(OUTPUT_NAME, io_type, layer.sample_output_shape(dims))],
         initializer=g.initializers,
     )
     opset_ids = [helper.make_opsetid("", opset)]

@@ -21,8 +21,8 @@ import onnx
 
 from normserve.kernels.oracle import LARGE_OFFSET_TOLERANCE, reference_for, tolerance
 
+from .builders import is_auto_stable
 from .errors import ParityError
-from .kinds import AUTO_STABLE
 from .model import INPUT_NAME, NUMPY_DTYPES, sample_dims, to_onnx
 
 #: Graph against kernel per export dtype: the oracle's SPEC tolerance (atol, which is rtol).
@@ -169,7 +169,7 @@ def check_parity(layer, model: onnx.ModelProto | None = None, *, opset: int | No
                                      passed, _mixed(got, exact), err_kernel))
     _attribute(report)
     if report.form == "auto" and props.get("graph_form") == "stable" and \
-            layer.kind in AUTO_STABLE:
+            is_auto_stable(layer.kind):
         report.notes.append(
             f"{layer.kind} is exported as the stable two-pass form (float64 statistics): ONNX "
             f"Runtime's own operator misses the SPEC tolerance on large-offset data; "

@@ -15,7 +15,6 @@ import onnx
 from normserve.repository import ModelConfig, ModelError, load_model, scan_repository
 
 from .errors import ExportError
-from .kinds import output_dims
 from .model import sample_dims, to_onnx
 from .parity import ParityReport, check_parity
 
@@ -38,7 +37,7 @@ def config_pbtxt(name: str, config: ModelConfig, layer, dtype: str = "fp32") -> 
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {config.max_batch_size}",
         "input [", _tensor("input", dtype, dims), "]",
-        "output [", _tensor("output", dtype, output_dims(layer, dims)), "]",
+        "output [", _tensor("output", dtype, layer.sample_output_shape(dims)), "]",
         "dynamic_batching {",
         f"  max_queue_delay_microseconds: {config.max_queue_delay_us}",
         "  default_queue_policy {",
