@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from normserve.service.app import create_app
-from normserve.service.connections import BODY_DEADLINE
+from normserve.service.http.connections import BODY_DEADLINE
 from normserve.service.settings import Settings
 
 from .load import MODES, PAYLOADS, _install_uvloop, infer_body

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from normserve.repository import load_model, scan_repository
-from normserve.service.registry import DEMO_REPOSITORY
+from normserve.service.models.registry import DEMO_REPOSITORY
 
 
 def main(argv: list[str]) -> int:

@@ -25,13 +25,14 @@ from fastapi_offline import FastAPIOffline
 
 from normserve.kernels.cpu_jit import set_parallel_min_work
 
-from . import __version__, errors, routes_v1, routes_v2
-from .codec import Limits
-from .context import Context
-from .fastpath import InferFastPath
-from .metrics import Metrics
-from .registry import Registry
-from .responses import OrjsonResponse
+from . import __version__
+from .core.context import Context
+from .core.metrics import Metrics
+from .core.tensors import Limits
+from .http import errors, routes_v1, routes_v2
+from .http.fastpath import InferFastPath
+from .http.responses import OrjsonResponse
+from .models.registry import Registry
 from .settings import Settings
 
 if TYPE_CHECKING:

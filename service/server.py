@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .core.metrics import MULTIPROC_DIR_ENV
 from .settings import ENV_VAR, Settings
 
 
@@ -151,12 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     settings = settings_from(args)
     runtime_dir = None
-    if args.workers > 1:  # where the workers agree on what they serve (service.cluster)
+    if args.workers > 1:  # where the workers agree on what they serve (models.cluster)
         runtime_dir = tempfile.mkdtemp(prefix="normserve-workers-")
         settings = dataclasses.replace(settings, runtime_dir=runtime_dir)
-        # Metrics summed over the workers (service.metrics): set before they start.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime_dir, "metrics")
-        os.mkdir(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        # Metrics summed over the workers (core.metrics): set before they start.
+        os.environ[MULTIPROC_DIR_ENV] = os.path.join(runtime_dir, "metrics")
+        os.mkdir(os.environ[MULTIPROC_DIR_ENV])
     os.environ[ENV_VAR] = settings.to_env()
     if args.workers > 1 and "NUMBA_NUM_THREADS" not in os.environ:
         # Each worker process has its own Numba thread pool: share the cores, don't
@@ -181,8 +182,8 @@ def _run_uvicorn(args: argparse.Namespace) -> None:
     uvicorn.run("normserve.service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level,
                 access_log=args.access_log, timeout_graceful_shutdown=None,
-                # request deadlines and a bound on connections (connections.py)
-                http="normserve.service.connections:HttpProtocol",
+                # request deadlines and a bound on connections (http/connections.py)
+                http="normserve.service.http.connections:HttpProtocol",
                 server_header=False)
 
 

@@ -25,7 +25,7 @@ class Settings:
     max_tensor_elements: int = 16 * 1024 * 1024
     max_rank: int = 8
     request_timeout: float = 30.0  # seconds a request may wait for its result
-    # Connections (per server process; see connections.py and grpc/server.py):
+    # Connections (per server process; see http/connections.py and grpc/server.py):
     request_header_timeout: float = 10.0  # seconds for a request line + headers (HTTP), and
     #   for a gRPC connection's HTTP/2 handshake; an HTTP body then has request_timeout
     max_connections: int = 4096  # open connections per transport; past it: 503 / closed
@@ -54,7 +54,7 @@ class Settings:
     repository_poll_secs: float = 15.0
     load_models: tuple[str, ...] = ()
     # With --workers N: the folder the parent process made for its workers to agree in
-    # (service.cluster); None with one worker.
+    # (models.cluster); None with one worker.
     runtime_dir: str | None = None
 
     def to_env(self) -> str:

@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from ..dataplane import DataPlane
+from ..core.dataplane import DataPlane
 from .servicer import Servicer
 
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -31,14 +31,14 @@ class GrpcServer:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-            # Connections (tested in test_service_connections.py). Past max_connections open
-            # connections grpc core closes a new one at once (the client: UNAVAILABLE); a
-            # connection that has not completed its HTTP/2 handshake (preface and SETTINGS)
-            # within request_header_timeout is closed; one that carries no RPC for
-            # grpc_idle_timeout gets a GOAWAY and is closed (clients reconnect on their next
-            # call). Past grpc_max_concurrent_rpcs RPCs in progress (a stalled one, whose
-            # request message never completes, holds its place too) a new RPC gets
-            # RESOURCE_EXHAUSTED. All per worker process, as HTTP's bound.
+            # Connections (tested in tests/service/process/test_connections.py). Past
+            # max_connections open connections grpc core closes a new one at once (the
+            # client: UNAVAILABLE); a connection that has not completed its HTTP/2 handshake
+            # (preface and SETTINGS) within request_header_timeout is closed; one that
+            # carries no RPC for grpc_idle_timeout gets a GOAWAY and is closed (clients
+            # reconnect on their next call). Past grpc_max_concurrent_rpcs RPCs in progress
+            # (a stalled one, whose request message never completes, holds its place too) a
+            # new RPC gets RESOURCE_EXHAUSTED. All per worker process, as HTTP's bound.
             ("grpc.max_allowed_incoming_connections", settings.max_connections),
             ("grpc.server_handshake_timeout_ms",
              max(1, round(settings.request_header_timeout * 1000))),

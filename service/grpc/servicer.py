@@ -18,9 +18,9 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
-from ..codec import InferCall
-from ..dataplane import DataPlane
-from ..errors import ApiError
+from ..core.calls import InferCall
+from ..core.dataplane import DataPlane
+from ..core.errors import ApiError
 from .codec import decode_request, encode_response, parameters
 from .errors import status_code
 

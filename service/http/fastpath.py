@@ -19,8 +19,9 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from ..core.errors import ApiError
 from . import routes_v2
-from .errors import ApiError, error_response
+from .errors import api_error_response, internal_error_response
 
 log = logging.getLogger("normserve")
 
@@ -48,8 +49,8 @@ class InferFastPath:
         try:
             response = await routes_v2.infer_request(request, name, version)
         except ApiError as exc:
-            response = error_response(exc.status, exc.message, exc.headers)
+            response = api_error_response(exc)
         except Exception as exc:  # a bug, not the client: logged, and answered as JSON
             log.exception("internal error on POST %s", scope["path"])
-            response = error_response(500, f"internal error: {type(exc).__name__}")
+            response = internal_error_response(exc)
         await response(scope, receive, send)

@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 
+from ..core.errors import InvalidInput, PayloadTooLarge, RequestTimeout
+from ..settings import Settings
 from .connections import BODY_DEADLINE
-from .errors import ApiError
-from .settings import Settings
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"body: larger than the limit of {limit} bytes")
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"body: larger than the limit of {limit} bytes")
 
 
 async def read_body_within(request: Request, limit: int, timeout_s: float) -> bytes:
@@ -35,7 +35,7 @@ async def read_body_within(request: Request, limit: int, timeout_s: float) -> by
                 return await read_body(request, limit)
         return await asyncio.wait_for(read_body(request, limit), timeout_s)
     except asyncio.TimeoutError:
-        raise ApiError(408, f"body: not received within {timeout_s:g} s") from None
+        raise RequestTimeout(f"body: not received within {timeout_s:g} s") from None
 
 
 async def json_body(request: Request, settings: Settings, allow_empty: bool = False) -> Any:
@@ -47,7 +47,7 @@ async def json_body(request: Request, settings: Settings, allow_empty: bool = Fa
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"body: not valid JSON ({exc})") from None
+        raise InvalidInput(f"body: not valid JSON ({exc})") from None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -55,7 +55,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()):  # not "²": int() refuses it
-            raise ApiError(400, "Content-Length: not a non-negative integer")
+            raise InvalidInput("Content-Length: not a non-negative integer")
         if int(declared) > limit:
             raise _too_large(limit)
     # ASGI's receive() directly: Request.stream()'s async generator cost more than the rest
@@ -67,7 +67,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     while more:
         message = await receive()
         if message["type"] != "http.request":  # http.disconnect
-            raise ApiError(400, "body: the client disconnected before sending it all")
+            raise InvalidInput("body: the client disconnected before sending it all")
         chunk = message.get("body", b"")
         more = message.get("more_body", False)
         size += len(chunk)
@@ -83,8 +83,8 @@ def _decode(body: bytes, encoding: str | None, limit: int) -> bytes:
         return body
     kind = encoding.strip().lower()
     if kind not in ("gzip", "deflate"):
-        raise ApiError(400, f"Content-Encoding: {encoding!r} is not supported "
-                            "(use gzip, deflate or none)")
+        raise InvalidInput(f"Content-Encoding: {encoding!r} is not supported "
+                           "(use gzip, deflate or none)")
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if kind == "gzip" else zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, limit + 1)
@@ -92,7 +92,7 @@ def _decode(body: bytes, encoding: str | None, limit: int) -> bytes:
             raise _too_large(limit)
         out += inflater.flush()
     except zlib.error as exc:
-        raise ApiError(400, f"Content-Encoding: body is not valid {kind} ({exc})") from None
+        raise InvalidInput(f"Content-Encoding: body is not valid {kind} ({exc})") from None
     if len(out) > limit:
         raise _too_large(limit)
     return out

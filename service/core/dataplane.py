@@ -3,9 +3,9 @@
 As MLServer's ``DataPlane`` serves its REST and gRPC packages, this class answers health,
 metadata, configuration, statistics and inference for both transports from the same
 registry, batchers, limits and metrics, so an HTTP and a gRPC request can share a batch.
-Errors are raised here once, as ``ApiError`` (its HTTP status is the protocol-neutral code of
-the KServe v2 spec), and each transport maps them once: ``errors.error_response`` for HTTP,
-``grpc.errors`` for gRPC. Transports decode and encode tensors; everything between is here.
+Errors are raised here once, as the named ``ApiError`` classes of ``core.errors``, and each
+transport maps them once: ``http.errors`` for HTTP, ``grpc.errors`` for gRPC. Transports
+decode a request into one ``InferCall`` and encode the answer; everything between is here.
 """
 
 from __future__ import annotations
@@ -22,21 +22,17 @@ import orjson
 
 from normserve.kernels.dtypes import datatype_name
 
-from . import __version__
+from .. import __version__
+from ..batching.batcher import Closed, QueueFull, Timing
+from ..extensions.log_settings import LogSettings
+from ..extensions.model_config import triton_config
+from ..extensions.shared_memory import SharedMemory
+from ..extensions.statistics import model_statistics
+from ..models.model import Model
 from .admin import check_admin
-from .batcher import Closed, QueueFull, Timing
-from .codec import InferCall
-from .errors import ApiError
-from .log_settings import LogSettings
-from .model_config import triton_config
-from .registry import Model
-from .shared_memory import SharedMemory
-from .statistics import model_statistics
-
-VERSION = "1"
-#: The protocol extensions both transports serve (``GET /v2``, gRPC ServerMetadata).
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "logging",
-              "model_repository"]
+from .calls import InferCall
+from .errors import ApiError, InvalidInput, ModelNotFound, ServiceUnavailable
+from .protocol import EXTENSIONS, VERSION
 
 
 @dataclass
@@ -80,7 +76,7 @@ class DataPlane:
         """The served model ``name``, or a 404 (unknown model, or a version not served)."""
         model = self.ctx.registry.get(name)
         if version not in (None, "", VERSION):
-            raise ApiError(404, f"model {name!r}: unknown version {version!r} (only "
+            raise ModelNotFound(f"model {name!r}: unknown version {version!r} (only "
                                 f"{VERSION!r})")
         return model
 
@@ -118,10 +114,10 @@ class DataPlane:
             try:
                 config = orjson.loads(config) if isinstance(config, (str, bytes)) else None
             except orjson.JSONDecodeError as exc:
-                raise ApiError(400, f"parameters.config: not valid JSON ({exc})") from None
+                raise InvalidInput(f"parameters.config: not valid JSON ({exc})") from None
             if not isinstance(config, dict):
-                raise ApiError(400, "parameters.config: must be a JSON object (a config.json) "
-                                    "given as a string")
+                raise InvalidInput("parameters.config: must be a JSON object (a config.json) "
+                                   "given as a string")
         await self.ctx.registry.load(name, config)
 
     async def unload(self, name: str, authorization: str | None) -> None:
@@ -136,9 +132,9 @@ class DataPlane:
         check_admin(authorization, self.ctx.settings)
         mode = self.ctx.settings.model_control_mode
         if mode != "explicit":
-            raise ApiError(400, f"model {name!r}: cannot {action}: explicit model load / "
-                                f"unload is not allowed in model control mode {mode!r} "
-                                "(start with --model-control-mode explicit)")
+            raise InvalidInput(f"model {name!r}: cannot {action}: explicit model load / "
+                               f"unload is not allowed in model control mode {mode!r} "
+                               "(start with --model-control-mode explicit)")
 
     # --- inference --------------------------------------------------------------------------
     async def infer(self, name: str, version: str | None,
@@ -192,13 +188,14 @@ class DataPlane:
 def _refusal(exc: Exception, name: str, model: Model, timeout: float) -> ApiError:
     """The answer to a request the batcher did not run (503s the client may retry)."""
     if isinstance(exc, QueueFull):
-        return ApiError(503, f"model {name!r}: queue is full ({model.batcher.max_queue_size} "
-                             "requests); retry later", {"Retry-After": "1"}, reason="REJECTED")
+        return ServiceUnavailable(f"model {name!r}: queue is full "
+                                  f"({model.batcher.max_queue_size} requests); retry later",
+                                  reason="REJECTED")
     if isinstance(exc, asyncio.TimeoutError):
-        return ApiError(503, f"model {name!r}: no result within {timeout:g} s (the request "
-                             "timeout); retry later", {"Retry-After": "1"}, reason="TIMEOUT")
-    return ApiError(503, f"model {name!r}: is being removed or the server is shutting down",
-                    {"Retry-After": "1"}, reason="UNAVAILABLE")
+        return ServiceUnavailable(f"model {name!r}: no result within {timeout:g} s (the "
+                                  "request timeout); retry later", reason="TIMEOUT")
+    return ServiceUnavailable(f"model {name!r}: is being removed or the server is shutting "
+                              "down", reason="UNAVAILABLE")
 
 
 def _output_target(model: Model, call: InferCall) -> np.ndarray | None:
@@ -210,9 +207,9 @@ def _output_target(model: Model, call: InferCall) -> np.ndarray | None:
     dtype = call.array.dtype
     need = math.prod(shape) * dtype.itemsize
     if len(call.output_region) < need:
-        raise ApiError(400, f"outputs[0].parameters.shared_memory_byte_size: "
-                            f"{len(call.output_region)} bytes, but the output {list(shape)} of "
-                            f"{datatype_name(dtype)} needs {need}")
+        raise InvalidInput(f"outputs[0].parameters.shared_memory_byte_size: "
+                           f"{len(call.output_region)} bytes, but the output {list(shape)} of "
+                           f"{datatype_name(dtype)} needs {need}")
     return np.frombuffer(call.output_region, dtype, math.prod(shape)).reshape(shape)
 
 
@@ -220,8 +217,8 @@ def _check_names(call: InferCall, name: str, version: str | None) -> None:
     """The ``model_name``/``model_version`` a client put in the body (kserve's clients do)
     must agree with the model addressed."""
     if call.model_name is not None and call.model_name != name:
-        raise ApiError(400, f"model_name: the body names {call.model_name!r} but the request "
-                            f"is for {name!r}")
+        raise InvalidInput(f"model_name: the body names {call.model_name!r} but the request "
+                           f"is for {name!r}")
     if call.model_version not in (None, "", version or VERSION):
-        raise ApiError(400, f"model_version: the body names {call.model_version!r} but the "
-                            f"request is for version {version or VERSION!r}")
+        raise InvalidInput(f"model_version: the body names {call.model_version!r} but the "
+                           f"request is for version {version or VERSION!r}")

@@ -49,7 +49,8 @@ import orjson
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .settings import Settings
+from ..core.errors import RETRY_AFTER_S
+from ..settings import Settings
 
 log = logging.getLogger("normserve.connections")
 
@@ -57,7 +58,6 @@ LINGER_S = 2.0  # how long a refused or timed-out connection may keep sending be
 #: The ASGI scope extension these connections add to each request: its body is under their
 #: deadline already, so the app need not arm a timer of its own per request.
 BODY_DEADLINE = "normserve.body_deadline"
-RETRY_AFTER_S = 1  # what a 503 refusal asks the client to wait
 
 
 @dataclass(frozen=True)

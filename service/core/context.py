@@ -1,17 +1,15 @@
-"""What the route handlers share: settings, limits, the model registry, metrics, the executor."""
+"""What the transports share: settings, limits, the model registry, metrics, the executor."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from starlette.requests import Request
-
-from .codec import Limits
+from ..models.registry import Registry
+from ..settings import Settings
 from .dataplane import DataPlane
 from .metrics import Metrics
-from .registry import Registry
-from .settings import Settings
+from .tensors import Limits
 
 
 @dataclass
@@ -29,6 +27,3 @@ class Context:
     def __post_init__(self) -> None:
         self.dataplane = DataPlane(self)
 
-
-def ctx_of(request: Request) -> Context:
-    return request.app.state.ctx

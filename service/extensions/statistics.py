@@ -1,5 +1,5 @@
 """Triton's statistics extension (SPEC 7), read back from the metrics every request and batch
-already records (``service.metrics``): one source of numbers for ``/metrics`` and for the
+already records (``core.metrics``): one source of numbers for ``/metrics`` and for the
 statistics, and with ``--workers N`` both are every worker's (prometheus-client's
 multiprocess files), whichever worker answers.
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metrics import Metrics
+from ..core.metrics import Metrics
+from ..core.protocol import VERSION
 
 #: inference_stats phase -> (the counter of its requests, the counter of its microseconds).
 _PHASES = {
@@ -47,7 +48,7 @@ def model_statistics(metrics: Metrics, names: list[str]) -> list[dict[str, Any]]
                        if sample == "normserve_batch_executions_total"
                        and key.startswith(name + "/"))
         stats.append({
-            "name": name, "version": "1",
+            "name": name, "version": VERSION,
             "last_inference": int(get("normserve_last_inference_timestamp_ms")),
             "inference_count": int(get("nv_inference_count_total")),
             "execution_count": int(get("nv_inference_exec_count_total")),

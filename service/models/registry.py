@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from normserve.kernels import PreparedLayer
 from normserve.repository import (
+    NAME_PATTERN,
     ModelConfig,
     ModelError,
     load_model,
@@ -27,67 +27,18 @@ from normserve.repository import (
     write_model,
 )
 
-from .batcher import Batcher
+from ..batching.batcher import Batcher
+from ..core.errors import ApiError, Conflict, InsufficientStorage, InvalidInput, ModelNotFound
+from ..core.metrics import Metrics
+from ..core.protocol import VERSION
+from ..settings import Settings
 from .cluster import Cluster
-from .errors import ApiError
-from .metrics import Metrics
-from .settings import Settings
+from .model import Model
 
 log = logging.getLogger("normserve")
 #: How long a change made through one worker waits for the others to apply it.
 SYNC_TIMEOUT_S = 10.0
-DEMO_REPOSITORY = Path(__file__).parent / "demo_repository"
-
-
-@dataclass(eq=False)
-class Model:
-    """One served model: its config, prepared layer, batcher and readiness."""
-
-    name: str
-    config: ModelConfig
-    layer: PreparedLayer
-    batcher: Batcher
-    ready: bool = False
-    fingerprint: tuple | None = None  # of its folder when loaded (poll mode reloads changes)
-    onnx_cache: dict[int, bytes] = field(default_factory=dict)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.layer.sample_shape or ())
-
-    def output_sample_shape(self) -> list[int]:
-        example = tuple(1 if d == -1 else d for d in self.sample_shape)
-        out = self.layer.output_shape((1, *example))[1:]
-        return [-1 if d == -1 else o for d, o in zip(self.sample_shape, out, strict=False)] + \
-            list(out[len(self.sample_shape):])
-
-    def check_input(self, shape: tuple[int, ...], field_name: str) -> None:
-        """A 400 unless ``shape`` is a non-empty batch of this model's per-sample shape."""
-        sample = self.sample_shape
-        if len(shape) != len(sample) + 1:
-            raise ApiError(400, f"{field_name}: {self.name} takes shape "
-                                f"{[-1, *sample]} (batch first), got {list(shape)}")
-        if shape[0] < 1:
-            raise ApiError(400, f"{field_name}[0]: the batch dimension must be >= 1")
-        for i, (want, got) in enumerate(zip(sample, shape[1:], strict=True), start=1):
-            if got < 1 or (want != -1 and want != got):
-                raise ApiError(400, f"{field_name}[{i}]: {self.name} takes shape "
-                                    f"{[-1, *sample]} (batch first), got {list(shape)}")
-        try:
-            self.layer.output_shape(tuple(shape))
-        except ValueError as exc:
-            raise ApiError(400, f"{field_name}: {exc}") from None
-
-    def metadata(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "versions": ["1"],
-            "platform": f"normserve_{self.config.kind}",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *self.sample_shape]}],
-            "outputs": [{"name": "output", "datatype": "FP32",
-                         "shape": [-1, *self.output_sample_shape()]}],
-            "parameters": {"datatypes": ["FP16", "FP32", "FP64", "BF16"]},
-        }
+DEMO_REPOSITORY = Path(__file__).parents[1] / "demo_repository"
 
 
 class Registry:
@@ -124,8 +75,8 @@ class Registry:
                 log.info("model repository %s: no recovery (%s)", self.root, exc.strerror)
         folders, skipped = scan_repository(self.root)
         for name in skipped:
-            self.errors[name] = "name must match [A-Za-z0-9_.-]{1,64}"
-            log.warning("skipping model folder %r: name must match [A-Za-z0-9_.-]{1,64}", name)
+            self.errors[name] = f"name must match {NAME_PATTERN.pattern}"
+            log.warning("skipping model folder %r: %s", name, self.errors[name])
         wanted = self.wanted()
         for folder in folders:
             if wanted is not None and folder.name not in wanted:
@@ -195,17 +146,17 @@ class Registry:
         folder = self.root / name
         async with self._name_lock(name):
             if not valid_name(name) or not folder.is_dir():
-                raise ApiError(404, f"model {name!r}: no such folder in the repository")
+                raise ModelNotFound(f"model {name!r}: no such folder in the repository")
             if config is not None:
                 try:
                     parse_config(config, "parameters.config")
                     params = load_params(folder)
                 except ModelError as exc:
-                    raise ApiError(400, str(exc)) from None
+                    raise InvalidInput(str(exc)) from None
                 await self._write(name, config, params)
             loaded = await asyncio.to_thread(self._build, folder, True)
             if loaded is None:
-                raise ApiError(400, f"model {name!r}: failed to load ({self.errors[name]})")
+                raise InvalidInput(f"model {name!r}: failed to load ({self.errors[name]})")
             model, old = self.add(name, *loaded, fingerprint=_fingerprint(folder))
             model.ready = True
             model.batcher.start()
@@ -270,7 +221,7 @@ class Registry:
                 state, reason = ("READY", "") if model.ready else ("LOADING", "")
             else:
                 state, reason = "UNAVAILABLE", self.errors.get(name, "unloaded")
-            index.append({"name": name, "version": "1", "state": state, "reason": reason})
+            index.append({"name": name, "version": VERSION, "state": state, "reason": reason})
         return index
 
     def batcher_for(self, name: str, config: ModelConfig, layer: PreparedLayer) -> Batcher:
@@ -302,9 +253,9 @@ class Registry:
 
     def _writable_root(self) -> Path:
         if self.settings.model_repository is None:
-            raise ApiError(409, "repository: the built-in demo repository cannot be changed; "
-                                "start the server with --model-repository DIR to register "
-                                "models")
+            raise Conflict("repository: the built-in demo repository cannot be changed; "
+                           "start the server with --model-repository DIR to register "
+                           "models")
         return self.root
 
     def _name_lock(self, name: str) -> asyncio.Lock:
@@ -331,8 +282,8 @@ class Registry:
         try:
             await asyncio.to_thread(write_model, root, name, config, params)
         except OSError as exc:
-            raise ApiError(507, f"repository: cannot write model {name!r} into {root} "
-                                f"({exc.strerror or exc}); nothing was changed") from None
+            raise InsufficientStorage(f"repository: cannot write model {name!r} into {root} "
+                                      f"({exc.strerror or exc}); nothing was changed") from None
 
     async def unregister(self, name: str) -> Model:
         """Move the model's folder out of the repository (durable), then stop serving it."""
@@ -344,8 +295,8 @@ class Registry:
             except ModelError:
                 pass  # served, but its folder is already gone: nothing to move
             except OSError as exc:
-                raise ApiError(507, f"repository: cannot remove model {name!r} from {root} "
-                                    f"({exc.strerror or exc}); nothing was changed") from None
+                raise InsufficientStorage(f"repository: cannot remove model {name!r} from {root} "
+                                          f"({exc.strerror or exc}); nothing was changed") from None
             model = self.remove(name)
         await self.synced(drop=name)
         return model
@@ -360,7 +311,7 @@ class Registry:
         model = self.models.get(name)
         if model is None:
             why = self.errors.get(name)
-            raise ApiError(404, f"model {name!r}: " + (f"failed to load ({why})" if why
+            raise ModelNotFound(f"model {name!r}: " + (f"failed to load ({why})" if why
                                                        else "unknown model"))
         return model
 

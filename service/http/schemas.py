@@ -2,7 +2,7 @@
 the routes in ``/openapi.json`` (which schemathesis and client generators read).
 
 Tensor ``data`` is typed loosely on purpose: its values are checked and converted by NumPy in
-``service.codec``, which is both faster and able to say which element is wrong.
+``http.codec``, which is both faster and able to say which element is wrong.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
-from .errors import ApiError
+from ..core.errors import InvalidInput
 
 Shape = list[StrictInt]
 
@@ -98,12 +98,12 @@ def _field(loc: tuple) -> str:
 def validate(model: type[BaseModel], data: Any) -> Any:
     """``model`` validated from parsed JSON, or a 400 naming the first bad field."""
     if not isinstance(data, dict):
-        raise ApiError(400, "body: must be a JSON object")
+        raise InvalidInput("body: must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise ApiError(400, f"{_field(tuple(first['loc']))}: {first['msg']}") from None
+        raise InvalidInput(f"{_field(tuple(first['loc']))}: {first['msg']}") from None
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:

@@ -23,7 +23,11 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ApiError
+import numpy as np
+
+from normserve.kernels.dtypes import datatype_name
+
+from ..core.errors import InvalidInput, PermissionDenied
 
 SHM_DIR = "/dev/shm"
 _KEY = re.compile(r"/?[^/\0]{1,255}")
@@ -46,8 +50,8 @@ class Region:
     def view(self, offset: int, byte_size: int, field: str) -> memoryview:
         """``byte_size`` bytes at ``offset`` of the region (a 400 past its end)."""
         if offset < 0 or byte_size < 0 or offset + byte_size > self.byte_size:
-            raise ApiError(400, f"{field}: offset {offset} + byte size {byte_size} is past "
-                                f"the end of region {self.name!r} ({self.byte_size} bytes)")
+            raise InvalidInput(f"{field}: offset {offset} + byte size {byte_size} is past "
+                               f"the end of region {self.name!r} ({self.byte_size} bytes)")
         start = self.offset + offset
         return memoryview(self.mapping)[start:start + byte_size]
 
@@ -61,36 +65,36 @@ class SharedMemory:
 
     def _check_allowed(self) -> None:
         if not self.allowed:
-            raise ApiError(403, "system shared memory is off: start the server with "
-                                "--allow-shared-memory to use it")
+            raise PermissionDenied("system shared memory is off: start the server with "
+                                   "--allow-shared-memory to use it")
 
     def register(self, name: str, key: Any, offset: Any, byte_size: Any) -> None:
         self._check_allowed()
         if not name:
-            raise ApiError(400, "name: a region needs a name")
+            raise InvalidInput("name: a region needs a name")
         if name in self.regions:
-            raise ApiError(400, f"name: region {name!r} is already registered; unregister it "
-                                "first")
+            raise InvalidInput(f"name: region {name!r} is already registered; unregister it "
+                               "first")
         if not isinstance(key, str) or not _KEY.fullmatch(key) or key.strip("/") in (".", ".."):
-            raise ApiError(400, f"key: {key!r} is not a POSIX shared-memory object name")
+            raise InvalidInput(f"key: {key!r} is not a POSIX shared-memory object name")
         for field, value in (("offset", offset), ("byte_size", byte_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ApiError(400, f"{field}: must be an integer >= 0, got {value!r}")
+                raise InvalidInput(f"{field}: must be an integer >= 0, got {value!r}")
         if byte_size == 0:
-            raise ApiError(400, "byte_size: a region must hold at least one byte")
+            raise InvalidInput("byte_size: a region must hold at least one byte")
         path = os.path.join(SHM_DIR, key.lstrip("/"))
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
-            raise ApiError(400, f"key: {key!r} is not a shared-memory object this server can "
-                                f"open ({exc.strerror})") from None
+            raise InvalidInput(f"key: {key!r} is not a shared-memory object this server can "
+                               f"open ({exc.strerror})") from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise ApiError(400, f"key: {key!r} is not a shared-memory object")
+                raise InvalidInput(f"key: {key!r} is not a shared-memory object")
             if offset + byte_size > info.st_size:
-                raise ApiError(400, f"byte_size: offset {offset} + byte size {byte_size} is "
-                                    f"past the end of {key!r} ({info.st_size} bytes)")
+                raise InvalidInput(f"byte_size: offset {offset} + byte size {byte_size} is "
+                                   f"past the end of {key!r} ({info.st_size} bytes)")
             mapping = mmap.mmap(fd, info.st_size)
         finally:
             os.close(fd)
@@ -103,7 +107,7 @@ class SharedMemory:
         for n in names:
             region = self.regions.pop(n, None)
             if region is None:
-                raise ApiError(400, f"region {n!r} is not registered")
+                raise InvalidInput(f"region {n!r} is not registered")
             # A request still holding a view keeps the mapping open until it lets go.
             with contextlib.suppress(BufferError):
                 region.mapping.close()
@@ -116,7 +120,7 @@ class SharedMemory:
     def region(self, name: Any, field: str) -> Region:
         region = self.regions.get(name) if isinstance(name, str) else None
         if region is None:
-            raise ApiError(400, f"{field}: {name!r} is not a registered shared memory region")
+            raise InvalidInput(f"{field}: {name!r} is not a registered shared memory region")
         return region
 
     def view(self, params: dict[str, Any], field: str) -> memoryview | None:
@@ -130,5 +134,26 @@ class SharedMemory:
         offset = params.get("shared_memory_offset", 0)
         for key, value in (("shared_memory_byte_size", size), ("shared_memory_offset", offset)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ApiError(400, f"{field}.parameters.{key}: must be an integer >= 0")
+                raise InvalidInput(f"{field}.parameters.{key}: must be an integer >= 0")
         return region.view(offset, size, f"{field}.parameters")
+
+    def input_array(self, params: dict[str, Any], dtype: np.dtype, shape: list[int],
+                    count: int, field: str) -> np.ndarray | None:
+        """The input a tensor's ``shared_memory_*`` parameters name, as a view of the mapped
+        region (no copy), or None when it names no region."""
+        view = self.view(params, field)
+        if view is None:
+            return None
+        if len(view) != count * dtype.itemsize:
+            raise InvalidInput(f"{field}.parameters.shared_memory_byte_size: {len(view)} "
+                               f"bytes, but shape {shape} of {datatype_name(dtype)} needs "
+                               f"{count * dtype.itemsize}")
+        return np.frombuffer(view, dtype=dtype, count=count).reshape(shape)
+
+    def output_region(self, params: dict[str, Any] | None, field: str
+                      ) -> tuple[memoryview | None, dict[str, Any] | None]:
+        """The region an output is to be written to, and the parameters that named it."""
+        view = self.view(params or {}, field)
+        if view is None:
+            return None, None
+        return view, {k: v for k, v in params.items() if k.startswith("shared_memory_")}

@@ -9,19 +9,18 @@ HTTP body, and ``json_format.ParseDict`` turns it into the gRPC message unchange
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from normserve.kernels.dtypes import DATATYPES
+from ..core.protocol import DATATYPE_NAMES, DECLARED_DATATYPE, INPUT, OUTPUT
 
-#: The datatype declared in the config (Triton allows one per tensor); ``parameters``
-#: lists every datatype the model accepts.
-DECLARED = "FP32"
+if TYPE_CHECKING:
+    from ..models.model import Model
 
 
-def triton_config(model: Any) -> dict[str, Any]:
-    """The ``ModelConfig`` of a ``registry.Model``."""
+def triton_config(model: Model) -> dict[str, Any]:
+    """The ``ModelConfig`` of a served model."""
     batcher = model.batcher
     config: dict[str, Any] = {
         "name": model.name,
@@ -29,16 +28,16 @@ def triton_config(model: Any) -> dict[str, Any]:
         "backend": "normserve",
         "version_policy": {"latest": {"num_versions": 1}},
         "max_batch_size": batcher.max_batch_size,
-        "input": [{"name": "input", "data_type": f"TYPE_{DECLARED}", "format": "FORMAT_NONE",
-                   "dims": list(model.sample_shape)}],
-        "output": [{"name": "output", "data_type": f"TYPE_{DECLARED}",
+        "input": [{"name": INPUT, "data_type": f"TYPE_{DECLARED_DATATYPE}",
+                   "format": "FORMAT_NONE", "dims": list(model.sample_shape)}],
+        "output": [{"name": OUTPUT, "data_type": f"TYPE_{DECLARED_DATATYPE}",
                     "dims": model.output_sample_shape()}],
         "instance_group": [{"name": model.name, "count": 1,
                             "kind": "KIND_GPU" if model.layer.device == "cuda" else "KIND_CPU"}],
         "parameters": {
             "kind": {"string_value": model.config.kind},
             "hyper": {"string_value": orjson.dumps(model.layer.describe()).decode()},
-            "datatypes": {"string_value": ",".join(DATATYPES)},
+            "datatypes": {"string_value": ",".join(DATATYPE_NAMES)},
             "batch_wait": {"string_value": "adaptive" if batcher.adaptive else "deadline"},
         },
     }

@@ -6,26 +6,18 @@ from __future__ import annotations
 
 import hmac
 
-from starlette.requests import Request
-
-from .errors import ApiError
-from .settings import Settings
-
-
-def require_admin(request: Request, settings: Settings) -> None:
-    """``check_admin`` of an HTTP request."""
-    check_admin(request.headers.get("authorization"), settings)
+from ..settings import Settings
+from .errors import PermissionDenied, Unauthenticated
 
 
 def check_admin(authorization: str | None, settings: Settings) -> None:
     """Pass, or 403 (registration off, wrong token) / 401 (no bearer token)."""
     if not settings.admin_token:
-        raise ApiError(403, "Authorization: model registration is disabled (start the server "
-                            "with --admin-token or NORMSERVE_ADMIN_TOKEN)")
+        raise PermissionDenied("Authorization: model registration is disabled (start the server "
+                               "with --admin-token or NORMSERVE_ADMIN_TOKEN)")
     header = authorization or ""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "Authorization: a 'Bearer <admin token>' header is required",
-                       {"WWW-Authenticate": "Bearer"})
+        raise Unauthenticated("Authorization: a 'Bearer <admin token>' header is required")
     if not hmac.compare_digest(token.strip().encode(), settings.admin_token.encode()):
-        raise ApiError(403, "Authorization: wrong admin token")
+        raise PermissionDenied("Authorization: wrong admin token")

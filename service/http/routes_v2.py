@@ -10,11 +10,12 @@ import time
 
 from fastapi import APIRouter, Request
 
+from ..core.calls import InferCall
+from ..core.dataplane import DataPlane
+from ..core.errors import InvalidInput
 from .body import json_body, read_body_within
-from .codec import HEADER_LENGTH, InferCall, decode_infer, encode_infer
-from .context import ctx_of
-from .dataplane import DataPlane
-from .errors import ApiError
+from .codec import HEADER_LENGTH, decode_infer, encode_infer
+from .request import ctx_of
 from .responses import OrjsonResponse, PartsResponse
 from .schemas import InferenceRequest, request_body
 
@@ -97,7 +98,7 @@ async def repository_index(request: Request) -> list:
     body = await json_body(request, ctx_of(request).settings, allow_empty=True)
     ready = body.get("ready", False) if isinstance(body, dict) else None
     if not isinstance(ready, bool):
-        raise ApiError(400, "ready: must be true or false")
+        raise InvalidInput("ready: must be true or false")
     return _dp(request).repository_index(ready, request.headers.get("authorization"))
 
 
@@ -108,7 +109,7 @@ async def repository_load(name: str, request: Request) -> dict:
     body = await json_body(request, ctx_of(request).settings, allow_empty=True)
     parameters = body.get("parameters") if isinstance(body, dict) else None
     if parameters is not None and not isinstance(parameters, dict):
-        raise ApiError(400, "parameters: must be a JSON object")
+        raise InvalidInput("parameters: must be a JSON object")
     await _dp(request).load(name, authorization, parameters)
     return {}
 
@@ -133,7 +134,7 @@ async def shm_region_status(region: str, request: Request) -> list:
 async def shm_register(region: str, request: Request) -> dict:
     body = await json_body(request, ctx_of(request).settings)
     if not isinstance(body, dict):
-        raise ApiError(400, "body: must be a JSON object with key, offset and byte_size")
+        raise InvalidInput("body: must be a JSON object with key, offset and byte_size")
     _dp(request).shm.register(region, body.get("key"), body.get("offset", 0),
                               body.get("byte_size"))
     return {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .errors import ApiError
+from ..core.errors import InvalidInput
 
 LOGGERS = ("normserve", "uvicorn", "uvicorn.error", "uvicorn.access")
 _BOOLS = ("log_info", "log_warning", "log_error")
@@ -35,22 +35,22 @@ class LogSettings:
     def update(self, changes: Any) -> dict[str, Any]:
         """Check every change first (a 400 naming the setting), then apply them together."""
         if not isinstance(changes, dict):
-            raise ApiError(400, "body: must be a JSON object of log settings")
+            raise InvalidInput("body: must be a JSON object of log settings")
         new = dict(self.values)
         for key, value in changes.items():
             if key in _BOOLS:
                 if not isinstance(value, bool):
-                    raise ApiError(400, f"{key}: must be true or false")
+                    raise InvalidInput(f"{key}: must be true or false")
             elif key == "log_verbose_level":
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                    raise ApiError(400, f"{key}: must be an integer >= 0")
+                    raise InvalidInput(f"{key}: must be an integer >= 0")
             elif key in ("log_file", "log_format"):
                 if value != self.values[key]:
-                    raise ApiError(400, f"{key}: cannot be changed at run time (it is "
-                                        f"{self.values[key]!r})")
+                    raise InvalidInput(f"{key}: cannot be changed at run time (it is "
+                                       f"{self.values[key]!r})")
             else:
-                raise ApiError(400, f"{key}: unknown log setting; known are "
-                                    f"{', '.join(sorted(self.values))}")
+                raise InvalidInput(f"{key}: unknown log setting; known are "
+                                   f"{', '.join(sorted(self.values))}")
             new[key] = value
         self.values = new
         for name in LOGGERS:

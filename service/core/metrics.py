@@ -13,7 +13,7 @@ is the server's total and stays monotone whichever worker answers.
 
 In one process, per-request numbers are tallied as plain floats and handed to
 prometheus-client once per turn of the event loop (``flush``), so a batch's requests cost
-one update of each counter, not one each (~6 -> ~3.5 us of CPU per request); a read
+one update of each counter, not one each; a read
 (``/metrics``, the statistics) flushes first, so it is exact. With ``--workers N`` each
 request is handed over at once, before its reply leaves, so that any worker's scrape counts
 it.
@@ -26,7 +26,8 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -39,13 +40,36 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .protocol import VERSION
+
 disable_created_metrics()  # Triton exports no *_created series; neither do we
 
 LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+#: Set (by the CLI, before the workers start) when the server runs several workers.
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelSeries:
+    """The labelled children of one model's families, looked up once: ``labels()`` costs
+    microseconds per call, several times per request on the hot path."""
+
+    exec_count: Any
+    count: Any
+    compute_s: Any
+    batch_size: Any
+    last_inference: Any
+    success: Any
+    request_us: Any
+    queue_us: Any
+    request_s: Any
+    queue_s: Any
+    compute_us: Any
+    compute_input_us: Any
+    compute_output_us: Any
 
 
 @dataclass(slots=True)
@@ -122,40 +146,39 @@ class Metrics:
               multiprocess_mode="liveall").labels(str(os.getpid())).set(1)
         self.batch_size = Histogram("normserve_batch_size", "Rows per executed batch", labels,
                                     buckets=BATCH_BUCKETS, registry=r)
-        self._children: dict[str, tuple] = {}
+        #: Read here, when the app starts, not at import: the CLI sets it before the workers
+        #: start, and a process may import this module before that.
+        self.multiprocess = bool(os.environ.get(MULTIPROC_DIR_ENV))
+        self._series_of: dict[str, _ModelSeries] = {}
+        self._batch_series_of: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._tallies: dict[str, _Tally] = {}
         self._flush_pending = False
 
-    def _series(self, model: str) -> tuple:
-        """The labelled children of one model, looked up once (``labels()`` costs microseconds
-        per call, several times per request on the hot path)."""
-        series = self._children.get(model)
+    def _series(self, model: str) -> _ModelSeries:
+        series = self._series_of.get(model)
         if series is None:
-            lab = (model, "1")
-            series = tuple(m.labels(*lab) for m in (
-                self.exec_count, self.count, self.compute_s, self.batch_size,
-                self.last_inference, self.success, self.request_us, self.queue_us,
-                self.request_s, self.queue_s, self.compute_us, self.compute_input_us,
-                self.compute_output_us))
-            self._children[model] = series
+            series = _ModelSeries(**{f.name: getattr(self, f.name).labels(model, VERSION)
+                                     for f in fields(_ModelSeries)})
+            self._series_of[model] = series
         return series
 
-    def _batch_series(self, model: str, rows: int) -> tuple:
+    def _batch_series(self, model: str, rows: int) -> tuple[Any, Any]:
+        """The (executions, compute microseconds) children of one model's batch size."""
         key = (model, rows)
-        series = self._children.get(key)
+        series = self._batch_series_of.get(key)
         if series is None:
-            series = (self.batches.labels(model, "1", str(rows)),
-                      self.batches_us.labels(model, "1", str(rows)))
-            self._children[key] = series
+            series = (self.batches.labels(model, VERSION, str(rows)),
+                      self.batches_us.labels(model, VERSION, str(rows)))
+            self._batch_series_of[key] = series
         return series
 
     def observe_batch(self, model: str, rows: int, requests: int, compute_s: float) -> None:
-        execs, count, compute_s_hist, batch_size, last = self._series(model)[:5]
-        execs.inc()
-        count.inc(rows)
-        compute_s_hist.observe(compute_s)
-        batch_size.observe(rows)
-        last.set(time.time() * 1000)
+        s = self._series(model)
+        s.exec_count.inc()
+        s.count.inc(rows)
+        s.compute_s.observe(compute_s)
+        s.batch_size.observe(rows)
+        s.last_inference.set(time.time() * 1000)
         by_size, by_size_us = self._batch_series(model, rows)
         by_size.inc()
         by_size_us.inc(compute_s * 1e6)
@@ -188,7 +211,7 @@ class Metrics:
     def _hand_over(self) -> None:
         """Flush at the end of this turn of the event loop. With ``--workers N`` at once:
         another worker's scrape must count a request before its reply has left."""
-        if MULTIPROCESS:
+        if self.multiprocess:
             self.flush()
         elif not self._flush_pending:
             self._flush_pending = True
@@ -202,37 +225,36 @@ class Metrics:
         tallies, self._tallies = self._tallies, {}
         for model, t in tallies.items():
             if t.depth is not None:
-                self.pending.labels(model, "1").set(t.depth)
+                self.pending.labels(model, VERSION).set(t.depth)
             if not t.requests:
                 continue
-            (success, request_us, queue_us, request_s, queue_s, compute_us, input_us,
-             output_us) = self._series(model)[5:]
-            success.inc(t.requests)
-            request_us.inc(t.total_s * 1e6)
-            queue_us.inc(t.queue_s * 1e6)
-            compute_us.inc(t.compute_s * 1e6)
-            input_us.inc(t.decode_s * 1e6)
-            output_us.inc(t.encode_s * 1e6)
+            s = self._series(model)
+            s.success.inc(t.requests)
+            s.request_us.inc(t.total_s * 1e6)
+            s.queue_us.inc(t.queue_s * 1e6)
+            s.compute_us.inc(t.compute_s * 1e6)
+            s.compute_input_us.inc(t.decode_s * 1e6)
+            s.compute_output_us.inc(t.encode_s * 1e6)
             for total, queued in t.latencies:
-                request_s.observe(total)
-                queue_s.observe(queued)
+                s.request_s.observe(total)
+                s.queue_s.observe(queued)
 
     def forget(self, model: str) -> None:
         """A removed model: its queue-depth series goes (its counters stay, as Triton's)."""
         self.flush()
         with contextlib.suppress(KeyError):
-            self.pending.remove(model, "1")
+            self.pending.remove(model, VERSION)
 
     def observe_failure(self, model: str, reason: str, total_s: float = 0.0) -> None:
-        self.failure.labels(model, "1", reason).inc()
-        self.failure_us.labels(model, "1").inc(total_s * 1e6)
+        self.failure.labels(model, VERSION, reason).inc()
+        self.failure_us.labels(model, VERSION).inc(total_s * 1e6)
 
     def values(self) -> dict[tuple[str, str], float]:
         """Every sample as ``(sample name, model[/batch size]) -> value``, summed over the
         workers (and, for failures, over the reasons)."""
         self.flush()
         registry = self.registry
-        if MULTIPROCESS:
+        if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
         out: dict[tuple[str, str], float] = {}
@@ -248,7 +270,7 @@ class Metrics:
 
     def render(self) -> bytes:
         self.flush()
-        if MULTIPROCESS:  # every worker's values, summed
+        if self.multiprocess:  # every worker's values, summed
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
@@ -257,5 +279,5 @@ class Metrics:
     def leave(self) -> None:
         """This worker is stopping: its live gauges leave the sums (counters stay)."""
         self.flush()
-        if MULTIPROCESS:
+        if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())

@@ -1,7 +1,8 @@
-"""Every error leaves the server as JSON ``{"error": "..."}`` with the right status (SPEC 4).
+"""Every error leaves the HTTP transport as JSON ``{"error": "..."}`` with its status (SPEC 4).
 
-Handlers here replace FastAPI's defaults (its 422 validation shape, its ``{"detail": ...}``
-bodies) so that clients, tritonclient included, always find the ``error`` field.
+The core's ``ApiError`` classes carry the status; the handlers here replace FastAPI's
+defaults (its 422 validation shape, its ``{"detail": ...}`` bodies) so that clients,
+tritonclient included, always find the ``error`` field.
 """
 
 from __future__ import annotations
@@ -14,34 +15,25 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from ..core.errors import ApiError
+
 log = logging.getLogger("normserve")
-
-
-class ApiError(Exception):
-    """A request the server refuses: the status, a message naming the field, extra headers.
-
-    The status is the HTTP one, which the KServe v2 protocol defines its errors by; the gRPC
-    transport maps it (and ``reason``, where one status covers several causes) to a gRPC
-    status code in one table (``grpc.errors``).
-    """
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
-                 reason: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-        self.reason = reason  # REJECTED (queue full), TIMEOUT, UNAVAILABLE (closing)
-
-
-def bad_request(message: str) -> ApiError:
-    return ApiError(400, message)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """The one error body shape of the service."""
     return Response(orjson.dumps({"error": message}), status_code=status,
                     media_type="application/json", headers=headers)
+
+
+def api_error_response(exc: ApiError) -> Response:
+    """The answer to a refusal of the core."""
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+def internal_error_response(exc: Exception) -> Response:
+    """A bug, not the client: no details beyond the exception's type."""
+    return error_response(500, f"internal error: {type(exc).__name__}")
 
 
 def _loc(loc: tuple) -> str:
@@ -54,7 +46,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, exc.message, exc.headers)
+        return api_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> Response:
@@ -66,6 +58,6 @@ def install(app: FastAPI) -> None:
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:  # a bug, not the client
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error: {type(exc).__name__}")
+        return internal_error_response(exc)

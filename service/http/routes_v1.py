@@ -20,12 +20,13 @@ from normserve.repository import (
     valid_name,
 )
 
-from .admin import require_admin
+from ..core.context import Context
+from ..core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
+from ..core.metrics import CONTENT_TYPE
+from ..core.tensors import check_shape
 from .body import json_body
-from .codec import check_shape, decode_tensor, tensor_json
-from .context import Context, ctx_of
-from .errors import ApiError
-from .metrics import CONTENT_TYPE
+from .codec import decode_tensor, tensor_json
+from .request import ctx_of, require_admin
 from .responses import OrjsonResponse
 from .schemas import NormalizeRequest, RegisterRequest, Tensor, request_body, validate
 
@@ -39,8 +40,8 @@ def _params(ctx: Context, tensors: dict[str, Tensor], extra: int = 0) -> dict[st
     for key, t in tensors.items():
         total += check_shape(t.shape, ctx.limits, f"params.{key}.shape")
     if total > ctx.limits.max_tensor_elements:
-        raise ApiError(413, f"params: {total} elements in all are above the limit of "
-                            f"{ctx.limits.max_tensor_elements}")
+        raise PayloadTooLarge(f"params: {total} elements in all are above the limit of "
+                              f"{ctx.limits.max_tensor_elements}")
     return {k: decode_tensor(t, ctx.limits, f"params.{k}") for k, t in tensors.items()}
 
 
@@ -50,8 +51,8 @@ async def _run(ctx: Context, fn: Any, *args: Any) -> Any:
     try:
         return await asyncio.wait_for(fut, ctx.settings.request_timeout)
     except asyncio.TimeoutError:
-        raise ApiError(503, f"no result within {ctx.settings.request_timeout} s; retry later",
-                       {"Retry-After": "1"}) from None
+        raise ServiceUnavailable(f"no result within {ctx.settings.request_timeout} s; "
+                                 "retry later") from None
 
 
 def _normalize(kind: str, params: dict, hyper: dict, x: np.ndarray, device: str) -> np.ndarray:
@@ -59,7 +60,7 @@ def _normalize(kind: str, params: dict, hyper: dict, x: np.ndarray, device: str)
         layer = prepare(kind, params, device=device, **hyper)
         out_shape = layer.output_shape(x.shape)
     except (ValueError, TypeError, ArithmeticError) as exc:
-        raise ApiError(400, f"layer: {exc}") from None
+        raise InvalidInput(f"layer: {exc}") from None
     x = np.ascontiguousarray(x)
     out = np.empty(out_shape, dtype=x.dtype)
     layer.apply(x, out=out)
@@ -73,12 +74,12 @@ async def normalize(request: Request) -> OrjsonResponse:
     hyper = dict(req.model_extra or {})
     reserved = sorted(RESERVED & hyper.keys())
     if reserved:
-        raise ApiError(400, f"{reserved[0]}: not a hyper-parameter")
+        raise InvalidInput(f"{reserved[0]}: not a hyper-parameter")
     count = check_shape(req.input.shape, ctx.limits, "input.shape")
     params = _params(ctx, req.params, count)
     x = decode_tensor(req.input, ctx.limits, "input")
     if x.ndim < 1 or x.shape[0] < 1:
-        raise ApiError(400, "input.shape: needs a batch dimension >= 1")
+        raise InvalidInput("input.shape: needs a batch dimension >= 1")
     out = await _run(ctx, _normalize, req.kind, params, hyper, x, ctx.settings.device)
     return OrjsonResponse({"output": tensor_json(out)})
 
@@ -100,21 +101,21 @@ def _build(config: Any, params: dict, device: str, name: str) -> Any:
 @router.put("/v1/models/{name}", status_code=201, openapi_extra=request_body(RegisterRequest))
 async def register(name: str, request: Request) -> OrjsonResponse:
     ctx = ctx_of(request)
-    require_admin(request, ctx.settings)
+    require_admin(request)
     if not valid_name(name):
-        raise ApiError(400, f"name: must match {NAME_RULE}")
+        raise InvalidInput(f"name: must match {NAME_RULE}")
     req: RegisterRequest = validate(RegisterRequest, await json_body(request, ctx.settings))
     fields = req.model_dump(exclude={"params"}, exclude_none=True)
     fields.update(req.model_extra or {})
     try:
         config = parse_config(fields, "body")
     except ModelError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise InvalidInput(str(exc)) from None
     params = _params(ctx, req.params)
     try:
         layer = await _run(ctx, _build, config, params, ctx.settings.device, name)
     except ModelError as exc:
-        raise ApiError(400, str(exc)) from None
+        raise InvalidInput(str(exc)) from None
     model, old, (synced, workers) = await ctx.registry.register(name, config, params, layer)
     return OrjsonResponse({"name": name, "replaced": old is not None,
                            "metadata": model.metadata(),
@@ -124,7 +125,7 @@ async def register(name: str, request: Request) -> OrjsonResponse:
 @router.delete("/v1/models/{name}")
 async def unregister(name: str, request: Request) -> dict:
     ctx = ctx_of(request)
-    require_admin(request, ctx.settings)
+    require_admin(request)
     model = await ctx.registry.unregister(name)
     if model is not None:
         await model.batcher.close()
@@ -141,7 +142,7 @@ async def model_onnx(request: Request, name: str,
     except ImportError:
         export = None
     if not hasattr(export, "to_onnx"):
-        raise ApiError(404, f"model {name!r}: ONNX export is not available in this build")
+        raise NotFound(f"model {name!r}: ONNX export is not available in this build")
     key = opset or 0
     data = model.onnx_cache.get(key)
     if data is None:
@@ -149,7 +150,7 @@ async def model_onnx(request: Request, name: str,
             try:
                 proto = export.to_onnx(model.layer, opset=opset)
             except (ValueError, TypeError, NotImplementedError) as exc:
-                raise ApiError(400, f"opset: cannot export {name!r} ({exc})") from None
+                raise InvalidInput(f"opset: cannot export {name!r} ({exc})") from None
             return proto.SerializeToString()
 
         data = await asyncio.to_thread(build)

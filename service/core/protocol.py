@@ -1,0 +1,20 @@
+"""The fixed names of the Open Inference Protocol as normserve serves it, in one place."""
+
+from __future__ import annotations
+
+from normserve.kernels.dtypes import DATATYPES
+
+#: The one version of a model served (the protocol's versions are strings).
+VERSION = "1"
+#: The input's name in a model's metadata (a request may name its one input anything).
+INPUT = "input"
+#: The one output of every model.
+OUTPUT = "output"
+#: The datatype a model's metadata and config declare (they hold one per tensor; the models
+#: accept every one of ``DATATYPE_NAMES``).
+DECLARED_DATATYPE = "FP32"
+#: Every datatype a model accepts, in the protocol's names.
+DATATYPE_NAMES = list(DATATYPES)
+#: The protocol extensions both transports serve (``GET /v2``, gRPC ServerMetadata).
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "logging",
+              "model_repository"]
