@@ -32,6 +32,7 @@ from .core.tensors import Limits
 from .http import errors, routes_v1, routes_v2
 from .http.fastpath import InferFastPath
 from .http.responses import OrjsonResponse
+from .http.tags import OPENAPI_TAGS
 from .models.registry import Registry
 from .settings import Settings
 
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
     app = FastAPIOffline(title="normserve", version=__version__, lifespan=lifespan,
                          default_response_class=OrjsonResponse, redoc_url=None,
                          swagger_ui_parameters={"validatorUrl": None},
+                         openapi_tags=OPENAPI_TAGS,
                          description="Normalisation layers over the Open Inference Protocol "
                                      "(KServe v2), with dynamic batching.")
     errors.install(app)

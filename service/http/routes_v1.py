@@ -24,13 +24,14 @@ from ..core.context import Context
 from ..core.errors import InvalidInput, NotFound, PayloadTooLarge, ServiceUnavailable
 from ..core.metrics import CONTENT_TYPE
 from ..core.tensors import check_shape
+from . import tags
 from .body import json_body
 from .codec import decode_tensor, tensor_json
 from .request import ctx_of, require_admin
 from .responses import OrjsonResponse
 from .schemas import NormalizeRequest, RegisterRequest, Tensor, request_body, validate
 
-router = APIRouter(default_response_class=OrjsonResponse)
+router = APIRouter(default_response_class=OrjsonResponse, tags=[tags.V1])
 RESERVED = {"device", "params", "input"}
 
 

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request
 from ..core.calls import InferCall
 from ..core.dataplane import DataPlane
 from ..core.errors import InvalidInput
+from . import tags
 from .body import json_body, read_body_within
 from .codec import HEADER_LENGTH, decode_infer, encode_infer
 from .request import ctx_of
@@ -32,68 +33,68 @@ def _readiness(payload: dict, why: str | None) -> OrjsonResponse:
     return OrjsonResponse({**payload, "ready": False, "error": why}, 503)
 
 
-@router.get("/v2")
+@router.get("/v2", tags=[tags.METADATA])
 async def server_metadata(request: Request) -> dict:
     return _dp(request).server_metadata()
 
 
-@router.get("/v2/health/live")
+@router.get("/v2/health/live", tags=[tags.HEALTH])
 async def live() -> dict:
     return {"live": True}
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", tags=[tags.HEALTH])
 async def ready(request: Request) -> OrjsonResponse:
     return _readiness({}, _dp(request).ready())
 
 
 # Before /v2/models/{name}, which would take "stats" for a model name.
-@router.get("/v2/models/stats")
+@router.get("/v2/models/stats", tags=[tags.STATISTICS])
 async def all_statistics(request: Request) -> dict:
     return _dp(request).statistics()
 
 
-@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}", tags=[tags.METADATA])
 async def model_metadata(name: str, request: Request) -> dict:
     return _dp(request).model_metadata(name)
 
 
-@router.get("/v2/models/{name}/versions/{version}")
+@router.get("/v2/models/{name}/versions/{version}", tags=[tags.METADATA])
 async def model_version_metadata(name: str, version: str, request: Request) -> dict:
     return _dp(request).model_metadata(name, version)
 
 
-@router.get("/v2/models/{name}/config")
+@router.get("/v2/models/{name}/config", tags=[tags.MODEL_CONFIG])
 async def model_config(name: str, request: Request) -> dict:
     return _dp(request).model_config(name)
 
 
-@router.get("/v2/models/{name}/versions/{version}/config")
+@router.get("/v2/models/{name}/versions/{version}/config", tags=[tags.MODEL_CONFIG])
 async def model_version_config(name: str, version: str, request: Request) -> dict:
     return _dp(request).model_config(name, version)
 
 
-@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/ready", tags=[tags.HEALTH])
 async def model_ready(name: str, request: Request) -> OrjsonResponse:
     return _readiness({"name": name}, _dp(request).model_ready(name))
 
 
-@router.get("/v2/models/{name}/versions/{version}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready", tags=[tags.HEALTH])
 async def model_version_ready(name: str, version: str, request: Request) -> OrjsonResponse:
     return _readiness({"name": name}, _dp(request).model_ready(name, version))
 
 
-@router.get("/v2/models/{name}/stats")
+@router.get("/v2/models/{name}/stats", tags=[tags.STATISTICS])
 async def model_statistics(name: str, request: Request) -> dict:
     return _dp(request).statistics(name)
 
 
-@router.get("/v2/models/{name}/versions/{version}/stats")
+@router.get("/v2/models/{name}/versions/{version}/stats", tags=[tags.STATISTICS])
 async def model_version_statistics(name: str, version: str, request: Request) -> dict:
     return _dp(request).statistics(name, version)
 
 
-@router.post("/v2/repository/index")
+@router.post("/v2/repository/index", tags=[tags.REPOSITORY])
 async def repository_index(request: Request) -> list:
     body = await json_body(request, ctx_of(request).settings, allow_empty=True)
     ready = body.get("ready", False) if isinstance(body, dict) else None
@@ -102,7 +103,7 @@ async def repository_index(request: Request) -> list:
     return _dp(request).repository_index(ready, request.headers.get("authorization"))
 
 
-@router.post("/v2/repository/models/{name}/load")
+@router.post("/v2/repository/models/{name}/load", tags=[tags.REPOSITORY])
 async def repository_load(name: str, request: Request) -> dict:
     authorization = request.headers.get("authorization")
     _dp(request).check_admin(authorization)  # before reading a body
@@ -114,23 +115,24 @@ async def repository_load(name: str, request: Request) -> dict:
     return {}
 
 
-@router.post("/v2/repository/models/{name}/unload")
+@router.post("/v2/repository/models/{name}/unload", tags=[tags.REPOSITORY])
 async def repository_unload(name: str, request: Request) -> dict:
     await _dp(request).unload(name, request.headers.get("authorization"))
     return {}
 
 
-@router.get("/v2/systemsharedmemory/status")
+@router.get("/v2/systemsharedmemory/status", tags=[tags.SHARED_MEMORY])
 async def shm_status(request: Request) -> list:
     return _dp(request).shm.status()
 
 
-@router.get("/v2/systemsharedmemory/region/{region}/status")
+@router.get("/v2/systemsharedmemory/region/{region}/status", tags=[tags.SHARED_MEMORY])
 async def shm_region_status(region: str, request: Request) -> list:
     return _dp(request).shm.status(region)
 
 
-@router.post("/v2/systemsharedmemory/region/{region}/register")
+@router.post("/v2/systemsharedmemory/region/{region}/register",
+             tags=[tags.SHARED_MEMORY])
 async def shm_register(region: str, request: Request) -> dict:
     body = await json_body(request, ctx_of(request).settings)
     if not isinstance(body, dict):
@@ -140,24 +142,25 @@ async def shm_register(region: str, request: Request) -> dict:
     return {}
 
 
-@router.post("/v2/systemsharedmemory/region/{region}/unregister")
+@router.post("/v2/systemsharedmemory/region/{region}/unregister",
+             tags=[tags.SHARED_MEMORY])
 async def shm_unregister(region: str, request: Request) -> dict:
     _dp(request).shm.unregister(region)
     return {}
 
 
-@router.post("/v2/systemsharedmemory/unregister")
+@router.post("/v2/systemsharedmemory/unregister", tags=[tags.SHARED_MEMORY])
 async def shm_unregister_all(request: Request) -> dict:
     _dp(request).shm.unregister()
     return {}
 
 
-@router.get("/v2/logging")
+@router.get("/v2/logging", tags=[tags.LOGGING])
 async def log_settings(request: Request) -> dict:
     return _dp(request).logs.get()
 
 
-@router.post("/v2/logging")
+@router.post("/v2/logging", tags=[tags.LOGGING])
 async def update_log_settings(request: Request) -> dict:
     return _dp(request).logs.update(await json_body(request, ctx_of(request).settings))
 
@@ -167,12 +170,13 @@ _INFER_DOC = request_body(InferenceRequest)
 
 # These two routes document the protocol in /openapi.json; requests to them are served by
 # ``fastpath.InferFastPath`` before FastAPI's router is reached.
-@router.post("/v2/models/{name}/infer", openapi_extra=_INFER_DOC)
+@router.post("/v2/models/{name}/infer", openapi_extra=_INFER_DOC, tags=[tags.INFERENCE])
 async def infer(name: str, request: Request) -> PartsResponse:
     return await infer_request(request, name)
 
 
-@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_DOC)
+@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=_INFER_DOC,
+             tags=[tags.INFERENCE])
 async def infer_version(name: str, version: str, request: Request) -> PartsResponse:
     return await infer_request(request, name, version)
 
