@@ -314,3 +314,30 @@ def decode_response(resp: httpx.Response) -> np.ndarray:
     out = head["outputs"][0]
     return np.frombuffer(resp.content[int(n):], dtype=DATATYPES[out["datatype"]]).reshape(
         out["shape"])
+
+
+def metric(text: str, name: str, model: str, extra: str = "") -> float:
+    """The value of Prometheus sample ``name`` for ``model`` (and ``extra``) in ``text``."""
+    for line in text.splitlines():
+        if line.startswith(name) and f'model="{model}"' in line and extra in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for_pending(http: httpx.Client, model: str, count: int) -> None:
+    """Until ``model`` has ``count`` requests queued (its pending-request gauge)."""
+    for _ in range(600):
+        if metric(http.get("/metrics").text, "nv_inference_pending_request_count",
+                  model) == count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{model} never had {count} queued request(s)")
+
+
+def unique_input(client: int, j: int, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Request ``j`` of client ``client``: 1-3 rows no other request carries."""
+    rows = 1 + (client + j) % 3
+    rng = np.random.default_rng(client * 1000 + j)
+    x = rng.standard_normal((rows, *shape)) * (1 + client) + j
+    x.flat[0] = client * 1000 + j  # no two requests carry the same first value
+    return x.astype(dtype)
