@@ -148,14 +148,12 @@ async def _warm_all(registry: Registry, grpc_server: GrpcServer | None) -> None:
     registry.cluster.report(ready=registry.ready)
     # What start-up made (modules, compiled kernels, models) lives as long as the process:
     # out of the collector's sight, full collections stop walking it. They paused the event
-    # loop long enough to set the tail: v2 binary 1x1024 at 128 clients, p99 115-135 ms
-    # before, 38-41 ms after (p50 21-29 ms both).
+    # loop long enough to set the tail latency (bench-results/notes.md).
     gc.collect()
     gc.freeze()
     # Young collections every YOUNG_GC_OBJECTS net new containers, not Python's 700: with
     # 128 requests in flight, thousands of their objects are young at any time and each
-    # collection walked them all (appbench, v2 binary 1x1024, 128 callers: 850 collections,
-    # ~0.5 s in 7 s -> 7 collections, 10 ms).
+    # collection walked them all (bench-results/notes.md).
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(YOUNG_GC_OBJECTS, older, oldest)
     if grpc_server is not None and registry.ready:

@@ -54,9 +54,8 @@ class _Pending:
 
 #: Batches of up to this much work (``PreparedLayer.work``: about one unit per element, or per
 #: multiply-add for the linear layers) run on the event loop itself: their (serial) kernel
-#: takes at most ~0.1 ms, less than handing them to the compute thread and back while the
-#: other core is busy with requests (measured, 1 worker, 2 runs each: v2 binary 1x1024 at
-#: 128 clients 3740-5432 req/s with 32768 here, 6197-6422 with 262144). Larger ones go to
+#: is quicker than handing them to the compute thread and back while the other core is busy
+#: with requests (bench-results/notes.md has the runs that set it). Larger ones go to
 #: the compute thread, so that the event loop goes on reading requests meanwhile.
 INLINE_MAX_WORK = 1 << 18
 
@@ -262,7 +261,7 @@ class Batcher:
         are expected long after it: not waited for). That is what batches gRPC: grpc.aio
         hands the loop one new call per round trip through its poller thread, several loop
         turns apart, so counting idle turns closed nearly every batch at one request
-        (measured: a mean batch of 1.01 at 32 clients).
+        (bench-results/notes.md).
         """
         deadline = first.enqueued + self.max_delay_s
         idle_turns = 0

@@ -13,7 +13,7 @@ is the server's total and stays monotone whichever worker answers.
 
 In one process, per-request numbers are tallied as plain floats and handed to
 prometheus-client once per turn of the event loop (``flush``), so a batch's requests cost
-one update of each counter, not one each; a read
+one update of each counter, not one each (bench-results/notes.md); a read
 (``/metrics``, the statistics) flushes first, so it is exact. With ``--workers N`` each
 request is handed over at once, before its reply leaves, so that any worker's scrape counts
 it.

@@ -115,8 +115,8 @@ def _loads(head: memoryview | bytes) -> Any:
 
 def _simd_head(head: memoryview) -> tuple[dict[str, Any], np.ndarray] | None:
     """simdjson's reading of a one-input request whose data is numbers in (nested) lists of
-    equal length: the numbers go from the text into an array in C (2-3x faster than orjson +
-    ``np.array`` on 1024 values). None for anything else (invalid JSON, a BOM, which orjson
+    equal length: the numbers go from the text into an array in C, faster than orjson +
+    ``np.array`` (bench-results/notes.md). None for anything else (invalid JSON, a BOM, which orjson
     refuses, repeated keys, ragged lists, non-numbers), left to the general way, which words
     the errors."""
     if bytes(head[:3]) == _BOM:

@@ -22,10 +22,9 @@ and nothing bounds how many such connections a server holds. Here, on every conn
 
 - **One write per answer**: uvicorn writes a response's status line and headers, then its
   body, each with a ``send()`` of its own (and, with ``TCP_NODELAY``, a TCP segment of its
-  own; the two took a fifth of the server's CPU in v2 binary 1x1024 at 32 clients, py-spy).
-  On httptools' connections the headers wait for the first body bytes and go out with them
-  (``HeldHeaders``): one system call and one segment per answer (strace: 4773 -> 2501 writes
-  for ~2500 answers).
+  own), a large share of the server's CPU under load (bench-results/notes.md). On
+  httptools' connections the headers wait for the first body bytes and go out with them
+  (``HeldHeaders``): one system call and one segment per answer.
 
 Answers that close a connection use a lingering close (send, half-close, discard what the
 client still sends for up to ``LINGER_S``, then close), so that a client still writing its

@@ -1,12 +1,11 @@
 """The inference routes as raw ASGI, in front of FastAPI's router.
 
 FastAPI's middleware stack, route matching and dependency solving cost more per request than
-decoding, batching, the kernel and encoding together (measured with cProfile under load:
-about 200 of 280 microseconds of CPU per single-row request). Inference is the one hot path,
-so this wrapper, outside FastAPI, dispatches POSTs to ``/v2/models/{name}[/versions/{v}]/infer``
-with one regular expression to the same ``routes_v2`` code, and answers errors in the same
-JSON shape. FastAPI still serves everything else and still documents the inference routes in
-``/openapi.json``.
+decoding, batching, the kernel and encoding together (bench-results/notes.md has the
+profile). Inference is the one hot path, so this wrapper, outside FastAPI, dispatches POSTs
+to ``/v2/models/{name}[/versions/{v}]/infer`` with one regular expression to the same
+``routes_v2`` code, and answers errors in the same JSON shape. FastAPI still serves
+everything else and still documents the inference routes in ``/openapi.json``.
 """
 
 from __future__ import annotations
