@@ -21,35 +21,37 @@ from typing import Any
 
 import numpy as np
 
+from normserve.kernels.kinds import Example, Sizes, kinds
+
 COPY_PROBE_BYTES = 256 << 20
 TARGET_FRACTION = 0.8
+
+
+#: The issue's headline kinds, whose rows say whether the target is met.
+TARGETS = frozenset({"layer_norm", "rms_norm"})
 
 
 @dataclass(frozen=True)
 class BenchCase:
     kind: str
-    shape: tuple[int, ...]
+    sizes: Sizes
     dtype: np.dtype
-    hyper: dict[str, Any]
     target: bool = False  # one of the issue's headline cases
+
+    def example(self, rng: np.random.Generator) -> Example:
+        """The case's layer (every optional parameter present) and its per-sample shape."""
+        return kinds()[self.kind].example(rng, self.sizes, True)
 
 
 def bench_cases(quick: bool = False) -> list[BenchCase]:
-    """The benchmark's cases; ``quick`` shrinks them for a smoke run."""
-    rows, feats = (1024, 4096) if quick else (8192, 4096)
-    img = (8, 256, 56, 56) if quick else (32, 256, 56, 56)
-    lin = (512, 1024, 1024) if quick else (4096, 4096, 4096)
+    """Each kind at the GPU benchmark shape its declaration names; ``quick`` shrinks them for
+    a smoke run."""
     out: list[BenchCase] = []
     for dt in (np.dtype(np.float32), np.dtype(np.float16)):
-        out += [
-            BenchCase("layer_norm", (rows, feats), dt, {"normalized_shape": [feats]}, True),
-            BenchCase("rms_norm", (rows, feats), dt, {"normalized_shape": [feats]}, True),
-            BenchCase("batch_norm", img, dt, {}),
-            BenchCase("instance_norm", img, dt, {}),
-            BenchCase("group_norm", img, dt, {"num_groups": 32}),
-            BenchCase("weight_norm", lin[:2], dt, {"out_features": lin[2]}),
-            BenchCase("spectral_norm", lin[:2], dt, {"out_features": lin[2]}),
-        ]
+        for kind in kinds().values():
+            sizes = kind.benchmarks.cuda_quick if quick else kind.benchmarks.cuda
+            if sizes is not None:
+                out.append(BenchCase(kind.name, sizes, dt, kind.name in TARGETS))
     return out
 
 
@@ -68,31 +70,6 @@ def gpu_unavailable() -> str | None:
     except Exception as exc:  # a broken driver is "no GPU", said plainly
         return f"no usable CUDA GPU ({exc})"
     return None if available else "no CUDA GPU is available (numba.cuda.is_available() is False)"
-
-
-def case_params(case: BenchCase, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random state-dict parameters for a case (every optional one present)."""
-    c = case.shape[1] if len(case.shape) > 1 else case.shape[0]
-    if case.kind in ("layer_norm", "rms_norm"):
-        f = case.shape[-1]
-        p = {"weight": rng.uniform(0.5, 1.5, f)}
-        if case.kind == "layer_norm":
-            p["bias"] = rng.uniform(-1, 1, f)
-        return p
-    if case.kind == "batch_norm":
-        return {"running_mean": rng.uniform(-1, 1, c), "running_var": rng.uniform(0.5, 2, c),
-                "weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-1, 1, c)}
-    if case.kind in ("instance_norm", "group_norm"):
-        return {"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-1, 1, c)}
-    n_out = case.hyper["out_features"]
-    w = rng.standard_normal((n_out, case.shape[1]))
-    if case.kind == "weight_norm":
-        return {"weight_v": w, "weight_g": rng.uniform(0.5, 1.5, (n_out, 1)),
-                "bias": rng.uniform(-1, 1, n_out)}
-    v = rng.standard_normal(w.shape[1])
-    u = w @ v  # torch's stored u follows W v, so sigma = u . (W v) > 0
-    return {"weight_orig": w, "bias": rng.uniform(-1, 1, n_out),
-            "weight_u": u / np.linalg.norm(u), "weight_v": v / np.linalg.norm(v)}
 
 
 def _time_ms(fn: Callable[[], Any], event: Callable[[], Any], sync: Callable[[], None],
@@ -131,11 +108,10 @@ def copy_bandwidth(repeat: int = 20) -> float:
     return 2 * COPY_PROBE_BYTES / (ms * 1e-3) / 1e9
 
 
-def _torch_fn(case: BenchCase, params: dict[str, np.ndarray], x_np: np.ndarray):
-    """The PyTorch CUDA equivalent of a case, or None without torch/CUDA."""
+def _torch_fn(case: BenchCase, layer: Any, params: dict[str, np.ndarray], x_np: np.ndarray):
+    """The kind's torch call on CUDA tensors, or None without torch/CUDA."""
     try:
         import torch
-        import torch.nn.functional as F
     except ImportError:
         return None
     if not torch.cuda.is_available():
@@ -143,24 +119,7 @@ def _torch_fn(case: BenchCase, params: dict[str, np.ndarray], x_np: np.ndarray):
     dt = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}[case.dtype]
     x = torch.from_numpy(x_np).to("cuda")
     t = {k: torch.from_numpy(np.asarray(v)).to("cuda", dt) for k, v in params.items()}
-    if case.kind == "layer_norm":
-        shape = tuple(case.hyper["normalized_shape"])
-        return lambda: F.layer_norm(x, shape, t["weight"], t["bias"])
-    if case.kind == "rms_norm":
-        shape = tuple(case.hyper["normalized_shape"])
-        return lambda: F.rms_norm(x, shape, t["weight"])
-    if case.kind == "batch_norm":
-        return lambda: F.batch_norm(x, t["running_mean"], t["running_var"], t["weight"],
-                                    t["bias"], training=False)
-    if case.kind == "instance_norm":
-        return lambda: F.instance_norm(x, weight=t["weight"], bias=t["bias"])
-    if case.kind == "group_norm":
-        return lambda: F.group_norm(x, case.hyper["num_groups"], t["weight"], t["bias"])
-    from normserve import kernels
-
-    layer = kernels.prepare(case.kind, params)
-    w = torch.from_numpy(np.ascontiguousarray(layer.weight)).to("cuda", dt)
-    return lambda: F.linear(x, w, t["bias"])
+    return kinds()[case.kind].torch_peer(layer, x, t)
 
 
 def _torch_time(fn, repeat: int, inner: int) -> float:
@@ -177,24 +136,23 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
     from normserve import kernels
 
     rng = np.random.default_rng(0)
-    params = case_params(case, rng)
-    hyper = {k: v for k, v in case.hyper.items() if k != "out_features"}
-    layer = kernels.prepare(case.kind, params, device="cuda", **hyper)
-    x_np = rng.standard_normal(case.shape).astype(case.dtype)
+    example = case.example(rng)
+    shape = example.shape(case.sizes.batch)
+    layer = kernels.prepare(case.kind, example.params, device="cuda", **example.hyper)
+    x_np = rng.standard_normal(shape).astype(case.dtype)
     dx = cuda.to_device(x_np)
-    dout = cuda.device_array(layer.output_shape(case.shape), dtype=case.dtype)
+    dout = cuda.device_array(layer.output_shape(shape), dtype=case.dtype)
     ms = _time_ms(lambda: layer.apply(dx, dout), cuda.event, cuda.synchronize, repeat, inner)
     moved = dx.nbytes + dout.nbytes
-    moved += sum(p.nbytes for p in layer._params_for(np.dtype(np.float32), case.shape).values())
+    moved += sum(p.nbytes for p in layer._params_for(np.dtype(np.float32), shape).values())
     gbs = moved / (ms * 1e-3) / 1e9
-    row: dict[str, Any] = {"kind": case.kind, "shape": "x".join(map(str, case.shape)),
+    row: dict[str, Any] = {"kind": case.kind, "shape": "x".join(map(str, shape)),
                            "dtype": case.dtype.name, "ms": ms, "GB/s": gbs,
                            "copy": gbs / copy_gbs, "torch_ms": None, "speedup": None,
                            "target": case.target}
-    if case.kind in ("weight_norm", "spectral_norm"):
-        k, n_out = case.shape[1], case.hyper["out_features"]
-        row["TFLOP/s"] = 2 * case.shape[0] * k * n_out / (ms * 1e-3) / 1e12
-    fn = _torch_fn(case, params, x_np)
+    if kinds()[case.kind].benchmarks.gemm:
+        row["TFLOP/s"] = 2 * layer.work(shape) / (ms * 1e-3) / 1e12
+    fn = _torch_fn(case, layer, example.params, x_np)
     if fn is not None:
         row["torch_ms"] = _torch_time(fn, repeat, inner)
         row["speedup"] = row["torch_ms"] / ms

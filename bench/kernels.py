@@ -17,6 +17,7 @@ requests, and each call pays for waking its pool.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import platform
@@ -36,7 +37,8 @@ from numba import prange
 
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.cpu_jit import jit
-from normserve.kernels.functional import BY_KIND
+from normserve.kernels.kinds import Example, Kind, Sizes, kinds
+from normserve.kernels.kinds.registry import OnnxNode
 
 FLUSH_BYTES = 256 << 20
 MODES = ("back-to-back", "idle")
@@ -72,131 +74,32 @@ def _parallel_copy(src, dst):
         dst[lo:hi] = src[lo:hi]
 
 
-def _rng() -> np.random.Generator:
-    return np.random.default_rng(0)
-
-
-def _layer_cases() -> list[tuple[str, str, dict, dict, tuple[int, ...]]]:
-    """(name, kind, params, hyper, input shape) of the shapes the issue asks for."""
-    r = _rng()
-    cases = []
-    for rows, n in ((8192, 1024), (256, 4096), (65536, 128)):
-        cases.append((f"layer_norm {rows}x{n}", "layer_norm",
-                      {"weight": r.uniform(0.5, 1.5, n), "bias": r.uniform(-1, 1, n)},
-                      {"normalized_shape": [n]}, (rows, n)))
-        cases.append((f"rms_norm {rows}x{n}", "rms_norm", {"weight": r.uniform(0.5, 1.5, n)},
-                      {"normalized_shape": [n], "eps": 1e-6}, (rows, n)))
-    c = 256
-    cases.append(("batch_norm 64x256x28x28", "batch_norm",
-                  {"running_mean": r.standard_normal(c), "running_var": r.uniform(0.5, 2, c),
-                   "weight": r.uniform(0.5, 1.5, c), "bias": r.standard_normal(c)},
-                  {}, (64, c, 28, 28)))
-    affine = {"weight": r.uniform(0.5, 1.5, c), "bias": r.standard_normal(c)}
-    cases.append(("group_norm(32) 32x256x28x28", "group_norm", affine, {"num_groups": 32},
-                  (32, c, 28, 28)))
-    cases.append(("instance_norm 32x256x28x28", "instance_norm", affine, {}, (32, c, 28, 28)))
-    v = r.standard_normal((1024, 1024))
-    cases.append(("weight_norm 4096x1024 @ 1024x1024", "weight_norm",
-                  {"weight_v": v, "weight_g": r.uniform(0.5, 2, (1024, 1)),
-                   "bias": r.standard_normal(1024)}, {}, (4096, 1024)))
-    return cases
-
-
-def _numpy_peer(layer: PreparedLayer, x: np.ndarray) -> Callable[[], Any]:
-    """The same maths in vectorised FP32 NumPy (two-pass statistics)."""
-    p = {k: None if v is None else v.astype(np.float32) for k, v in layer.params.items()}
-    kind = layer.kind
-    if kind in ("layer_norm", "rms_norm"):
-        eps = np.float32(layer.eps_for(x.dtype))
-
-        def run():
-            if kind == "layer_norm":
-                d = x - x.mean(axis=-1, keepdims=True)
-                y = d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + eps)
-                return y * p["weight"] + p["bias"]
-            return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * p["weight"]
-
-        return run
-    if kind == "batch_norm":
-        scale, shift = p["scale"][:, None, None], p["shift"][:, None, None]
-        return lambda: x * scale + shift
-    if kind in ("group_norm", "instance_norm"):
-        n, c = x.shape[:2]
-        g = c if kind == "instance_norm" else layer.num_groups
-        w, b = p["weight"][:, None, None], p["bias"][:, None, None]
-
-        def run():
-            xg = x.reshape(n, g, -1)
-            d = xg - xg.mean(axis=-1, keepdims=True)
-            y = d / np.sqrt((d * d).mean(axis=-1, keepdims=True) + np.float32(layer.eps))
-            return y.reshape(x.shape) * w + b
-
-        return run
-    wt = np.ascontiguousarray(p["weight"].T)
-    return lambda: x @ wt + p["bias"]
-
-
-def _torch_peer(layer: PreparedLayer, x: np.ndarray, params: dict) -> Callable[[], Any] | None:
+def _torch_peer(kind: Kind, layer: PreparedLayer, x: np.ndarray,
+                params: dict[str, np.ndarray]) -> Callable[[], Any] | None:
+    """The kind's torch call on CPU tensors sharing ``x``'s and the parameters' memory."""
     try:
         import torch
-        import torch.nn.functional as F
     except ImportError:
         return None
-    t = torch.from_numpy(x)
-    tp = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
-    kind = layer.kind
-    if kind == "layer_norm":
-        return lambda: F.layer_norm(t, layer.normalized_shape, tp["weight"], tp["bias"], layer.eps)
-    if kind == "rms_norm":
-        return lambda: F.rms_norm(t, layer.normalized_shape, tp["weight"], layer.eps)
-    if kind == "batch_norm":
-        return lambda: F.batch_norm(t, tp["running_mean"], tp["running_var"], tp["weight"],
-                                    tp["bias"], False, 0.0, layer.eps)
-    if kind == "group_norm":
-        return lambda: F.group_norm(t, layer.num_groups, tp["weight"], tp["bias"], layer.eps)
-    if kind == "instance_norm":
-        return lambda: F.instance_norm(t, None, None, tp["weight"], tp["bias"], True, 0.0,
-                                       layer.eps)
-    w = torch.from_numpy(layer.params["weight"].astype(np.float32))
-    return lambda: F.linear(t, w, tp["bias"])
+    tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
+    return kind.torch_peer(layer, torch.from_numpy(x), tensors)
 
 
-def _ort_peer(layer: PreparedLayer, x: np.ndarray, params: dict,
+def _ort_peer(node: OnnxNode, x: np.ndarray, out_shape: tuple[int, ...],
               threads: int) -> Callable[[], Any] | None:
-    """A one-node ONNX graph with the standard operator, run through IOBinding."""
+    """The kind's one-node ONNX graph (its standard operator), run through IOBinding."""
     try:
         import onnxruntime as ort
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         return None
-    kind = layer.kind
-    f32 = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
-    inits, inputs, attrs, opset = [], ["input"], {}, 21
-    if kind == "layer_norm":
-        op, names, attrs = "LayerNormalization", ["weight", "bias"], {"axis": -1, "epsilon": 1e-5}
-    elif kind == "rms_norm":
-        op, names, opset = "RMSNormalization", ["weight"], 23
-        attrs = {"axis": -1, "epsilon": layer.eps_for(x.dtype)}
-    elif kind == "batch_norm":
-        op, attrs = "BatchNormalization", {"epsilon": layer.eps}
-        names = ["weight", "bias", "running_mean", "running_var"]
-    elif kind == "group_norm":
-        op, names = "GroupNormalization", ["weight", "bias"]
-        attrs = {"num_groups": layer.num_groups, "epsilon": layer.eps}
-    elif kind == "instance_norm":
-        op, names, attrs = "InstanceNormalization", ["weight", "bias"], {"epsilon": layer.eps}
-    else:
-        op, names, attrs = "Gemm", ["weight", "bias"], {"transB": 1}
-        f32["weight"] = layer.params["weight"].astype(np.float32)
-    for n in names:
-        inits.append(numpy_helper.from_array(f32[n], n))
-        inputs.append(n)
-    out_shape = layer.output_shape(x.shape)
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k)
+             for k, v in node.inputs.items()]
     graph = helper.make_graph(
-        [helper.make_node(op, inputs, ["output"], **attrs)], "bench",
+        [helper.make_node(node.op, ["input", *node.inputs], ["output"], **node.attrs)], "bench",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x.shape))],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(out_shape))], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -204,7 +107,7 @@ def _ort_peer(layer: PreparedLayer, x: np.ndarray, params: dict,
         sess = ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # an operator this ORT build lacks: report, don't crash
-        print(f"  (ONNX Runtime cannot run {op}-{opset}: {exc})", file=sys.stderr)
+        print(f"  (ONNX Runtime cannot run {node.op}-{node.opset}: {exc})", file=sys.stderr)
         return None
     out = np.empty(out_shape, np.float32)
     binding = sess.io_binding()
@@ -215,28 +118,47 @@ def _ort_peer(layer: PreparedLayer, x: np.ndarray, params: dict,
 
 
 def build_cases(threads: int, only: str | None = None) -> list[Case]:
+    """One case per kind and CPU benchmark shape its declaration names."""
     cases = []
-    for name, kind, params, hyper, shape in _layer_cases():
-        if only and only not in name:
-            continue
-        params = {k: v.astype(np.float32) for k, v in params.items()}  # as torch holds them
-        layer = prepare(kind, params, **hyper)
-        x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
-        out = np.empty(layer.output_shape(shape), np.float32)
-        case = Case(name, layer, x, out=out)
-        one_shot = BY_KIND[kind]
-        case.peers[OURS[0]] = lambda f=one_shot, x=x, p=params, h=hyper: f(x, **p, **h)
-        case.peers[OURS[1]] = lambda layer=layer, x=x: layer.apply(x)
-        case.peers[OURS[2]] = lambda layer=layer, x=x, out=out: layer.apply(x, out)
-        case.peers["numpy"] = _numpy_peer(layer, x)
-        for label, peer in (("torch", _torch_peer(layer, x, params)),
-                            ("onnxruntime", _ort_peer(layer, x, params, threads))):
-            if peer is not None:
-                case.peers[label] = peer
-        if kind == "weight_norm":
-            case.flops = 2.0 * shape[0] * layer.in_features * layer.out_features
-        cases.append(case)
+    for kind in kinds().values():
+        for sizes in kind.benchmarks.cpu:
+            example = kind.example(np.random.default_rng(0), sizes, True)
+            shape = example.shape(sizes.batch)
+            name = f"{kind.name} {'x'.join(map(str, shape))}"
+            if only and only not in name:
+                continue
+            cases.append(_case(kind, name, example, shape, threads))
     return cases
+
+
+def _case(kind: Kind, name: str, example: Example, shape: tuple[int, ...],
+          threads: int) -> Case:
+    params = {k: v.astype(np.float32) for k, v in example.params.items()}  # as torch holds them
+    hyper = example.hyper
+    layer = prepare(kind.name, params, **hyper)
+    x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
+    out = np.empty(layer.output_shape(shape), np.float32)
+    case = Case(name, layer, x, out=out)
+    one_shot = kind.functional
+    case.peers[OURS[0]] = lambda f=one_shot, x=x, p=params, h=hyper: f(x, **p, **h)
+    case.peers[OURS[1]] = lambda layer=layer, x=x: layer.apply(x)
+    case.peers[OURS[2]] = lambda layer=layer, x=x, out=out: layer.apply(x, out)
+    case.peers["numpy"] = kind.numpy_peer(layer, x)
+    for label, peer in (("torch", _torch_peer(kind, layer, x, params)),
+                        ("onnxruntime", _ort_peer(kind.onnx_peer(layer, params), x, out.shape,
+                                                  threads))):
+        if peer is not None:
+            case.peers[label] = peer
+    if kind.benchmarks.gemm:
+        case.flops = 2.0 * layer.work(shape)
+    return case
+
+
+def warm_every_kind() -> None:
+    """Prepare and warm (FP32) a small layer of every kind: what the compile times measure."""
+    for kind in kinds().values():
+        example = kind.example(np.random.default_rng(0), Sizes(), True)
+        prepare(kind.name, example.params, **example.hyper).warmup([np.dtype(np.float32)])
 
 
 def _time(fn: Callable[[], Any], flush: np.ndarray, idle_s: float = 0.0) -> float:
@@ -296,12 +218,8 @@ def measure(cases: list[Case], reps: int, threads: int, modes: tuple[str, ...] =
 
 def compile_times() -> dict[str, float]:
     """Seconds to import and warm every kind (FP32) with an empty and with a warm Numba cache."""
-    code = ("import time; t=time.perf_counter(); import numpy as np; "
-            "from normserve import kernels; "
-            "from normserve.bench.kernels import _layer_cases; "
-            "kinds = {k: (p, h) for _, k, p, h, _ in reversed(_layer_cases())}; "
-            "[kernels.prepare(k, p, **h).warmup([np.dtype('float32')]) "
-            "for k, (p, h) in kinds.items()]; "
+    code = ("import time; t=time.perf_counter(); "
+            "from normserve.bench.kernels import warm_every_kind; warm_every_kind(); "
             "print(time.perf_counter()-t)")
     times = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -362,7 +280,27 @@ def _set_threads(n: int) -> None:
         pass
 
 
+#: What the ``bench`` extra installs, by import name.
+BENCH_EXTRA = ("torch", "threadpoolctl", "psutil")
+
+
+def missing_extra() -> list[str]:
+    """The ``bench`` extra's modules that cannot be imported here."""
+    missing = []
+    for name in BENCH_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
+    missing = missing_extra()
+    if missing:  # a plain install: say what to install, never a traceback
+        print(f"normserve bench needs the bench extra (missing: {', '.join(missing)}): "
+              "pip install 'normserve[bench]'", file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser(prog="normserve bench", description=__doc__)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda runs the GPU benchmark (kernels.bench_cuda)")
@@ -398,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"rows": rows}
     if not args.no_compile_times:
         result["compile_seconds"] = compile_times()
-        print(f"\nfirst call (import + compile, 7 kinds FP32): {result['compile_seconds']}")
+        print(f"\nfirst call (import + compile, {len(kinds())} kinds FP32): "
+              f"{result['compile_seconds']}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -1,7 +1,8 @@
 """The CUDA test matrix, shared by the simulator tests (tiny shapes) and the real-GPU tests.
 
-Each case is a kind with parameters and an input shape; the oracle (float64 references and
-SPEC tolerances) is ``kernels.oracle``, which shares no code with the kernels.
+Each case is a kind's declared example (``Sizes`` say how big) with an input shape; the oracle
+(float64 references and SPEC tolerances) is ``kernels.oracle``, which shares no code with the
+kernels.
 """
 
 from __future__ import annotations
@@ -12,20 +13,11 @@ from typing import Any
 import numpy as np
 
 from normserve import kernels
+from normserve.kernels.kinds import Sizes, kinds
 from normserve.kernels.oracle import assert_close, reference
 
-
-@dataclass(frozen=True)
-class Sizes:
-    """Shapes of one matrix run: the simulator's are tiny, the GPU's realistic."""
-
-    batch: int
-    features: int  # layer/RMS norm row length
-    channels: int
-    groups: int
-    spatial: tuple[int, ...]
-    in_features: int
-    out_features: int
+__all__ = ["Case", "Sizes", "assert_matches_reference", "make_case", "make_cases",
+           "random_input"]
 
 
 @dataclass
@@ -45,33 +37,15 @@ class Case:
         return f"{self.kind}{list(self.shape)}"
 
 
+def make_case(kind: str, s: Sizes, seed: int = 0) -> Case:
+    """``kind``'s declared example at sizes ``s``, every optional parameter present."""
+    example = kinds()[kind].example(np.random.default_rng(seed), s, True)
+    return Case(kind, example.shape(s.batch), example.params, example.hyper)
+
+
 def make_cases(s: Sizes, seed: int = 0) -> list[Case]:
     """One case per kind, with every optional parameter present and non-trivial."""
-    rng = np.random.default_rng(seed)
-
-    def vec(n: int, low: float = -1.0, high: float = 1.0) -> np.ndarray:
-        return rng.uniform(low, high, n)
-
-    n, f, c, g = s.batch, s.features, s.channels, s.groups
-    img = (n, c, *s.spatial)
-    ln = {"weight": vec(f, 0.5, 1.5), "bias": vec(f)}
-    rms = {"weight": vec(f, 0.5, 1.5)}
-    bn = {"running_mean": vec(c), "running_var": vec(c, 0.2, 2.0), "weight": vec(c, 0.5, 1.5),
-          "bias": vec(c)}
-    aff = {"weight": vec(c, 0.5, 1.5), "bias": vec(c)}
-    v = rng.standard_normal((s.out_features, s.in_features))
-    wn = {"weight_v": v, "weight_g": vec(s.out_features, 0.5, 1.5).reshape(-1, 1),
-          "bias": vec(s.out_features)}
-    sn = {"weight_orig": v, "bias": vec(s.out_features)}
-    return [
-        Case("layer_norm", (n, f), ln, {"normalized_shape": [f]}),
-        Case("rms_norm", (n, f), rms, {"normalized_shape": [f]}),
-        Case("batch_norm", img, bn),
-        Case("instance_norm", img, aff),
-        Case("group_norm", img, aff, {"num_groups": g}),
-        Case("weight_norm", (n, s.in_features), wn),
-        Case("spectral_norm", (n, s.in_features), sn),
-    ]
+    return [make_case(kind, s, seed) for kind in kinds()]
 
 
 def random_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 1,

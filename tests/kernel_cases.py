@@ -1,4 +1,4 @@
-"""Layer cases shared by the kernel tests: parameters and input shapes per kind (their
+"""Layer cases shared by the kernel tests, from each kind's declared example (their
 references and tolerances are ``kernels.oracle``'s)."""
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from normserve.kernels.kinds import Sizes, kinds
 from normserve.kernels.oracle import TOLERANCES, reference
 
 DTYPES = list(TOLERANCES)
@@ -30,43 +31,12 @@ class Case:
 
 
 def make_case(kind: str, features: int, affine: bool = True, seed: int = 0) -> Case:
-    """A case of ``kind`` whose normalised extent (or input size) is ``features``."""
-    rng = np.random.default_rng(seed)
-
-    def vec(n: int, lo: float = -1.0, hi: float = 1.0) -> np.ndarray:
-        return rng.uniform(lo, hi, n)
-
-    if kind in ("layer_norm", "rms_norm"):
-        p = {"weight": vec(features, 0.5, 1.5)} if affine else {}
-        if affine and kind == "layer_norm":
-            p["bias"] = vec(features)
-        return Case(kind, (features,), p, {"normalized_shape": [features]})
-    if kind == "batch_norm":
-        c = features
-        p = {"running_mean": vec(c), "running_var": vec(c, 0.2, 2.0)}
-        if affine:
-            p |= {"weight": vec(c, 0.5, 1.5), "bias": vec(c)}
-        return Case(kind, (c, 5), p)
-    if kind == "instance_norm":
-        p = {"weight": vec(3, 0.5, 1.5), "bias": vec(3)} if affine else {}
-        return Case(kind, (3, features), p)
-    if kind == "group_norm":
-        p = {"weight": vec(6, 0.5, 1.5), "bias": vec(6)} if affine else {}
-        return Case(kind, (6, features), p, {"num_groups": 3})
-    out_features = 5
-    w = rng.standard_normal((out_features, features))
-    bias = {"bias": vec(out_features)} if affine else {}
-    if kind == "weight_norm":
-        g = rng.uniform(0.5, 2.0, (out_features, 1))
-        return Case(kind, (features,), {"weight_v": w, "weight_g": g, **bias})
-    if kind == "spectral_norm":
-        # torch stores u, v after power iteration: near the leading singular vectors.
-        left, _, right = np.linalg.svd(w, full_matrices=False)
-        u = left[:, 0] + 1e-3 * rng.standard_normal(out_features)
-        v = right[0] + 1e-3 * rng.standard_normal(features)
-        uv = {"weight_u": u / np.linalg.norm(u), "weight_v": v / np.linalg.norm(v)}
-        return Case(kind, (features,), {"weight_orig": w, **bias, **(uv if affine else {})})
-    raise AssertionError(kind)
+    """A case of ``kind`` (its declared example) whose statistics rows, or dot products, run
+    over ``features`` values: 6 channels in 3 groups, the kind's trailing extent ``features``."""
+    sizes = Sizes(features=features, channels=6, groups=3, spatial=(features,),
+                  in_features=features, out_features=5)
+    example = kinds()[kind].example(np.random.default_rng(seed), sizes, affine)
+    return Case(kind, example.sample, example.params, example.hyper)
 
 
 def sample_input(case: Case, batch: int, dtype: np.dtype, seed: int = 1,

@@ -214,7 +214,7 @@ register(Kind(
     folded_reference=_folded,
     numpy_peer=_numpy_peer, torch_peer=_torch_peer, onnx_peer=_onnx_peer,
     benchmarks=Benchmarks(cpu=(Sizes(batch=4096, in_features=1024, out_features=1024),),
-                          cuda=_CUDA, cuda_quick=_CUDA_QUICK)))
+                          cuda=_CUDA, cuda_quick=_CUDA_QUICK, gemm=True)))
 
 register(Kind(
     layer=SpectralNormLinear, functional=spectral_norm_linear,
@@ -224,4 +224,4 @@ register(Kind(
     folded_reference=_folded,
     numpy_peer=_numpy_peer, torch_peer=_torch_peer, onnx_peer=_onnx_peer,
     # On the CPU its forward pass is weight norm's GEMM, timed there.
-    benchmarks=Benchmarks(cuda=_CUDA, cuda_quick=_CUDA_QUICK)))
+    benchmarks=Benchmarks(cuda=_CUDA, cuda_quick=_CUDA_QUICK, gemm=True)))

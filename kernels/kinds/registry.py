@@ -27,7 +27,7 @@ class Sizes:
     """The extents an example layer is built from; each kind reads the ones it has."""
 
     batch: int = 4
-    features: int = 16  # the row norms' normalized_shape [features]
+    features: int | tuple[int, ...] = 16  # the row norms' normalized_shape
     channels: int = 6
     groups: int = 3
     spatial: tuple[int, ...] = (5,)
@@ -61,11 +61,15 @@ class OnnxNode:
 
 @dataclass(frozen=True)
 class Benchmarks:
-    """The shapes each benchmark times a kind at (empty: the kind is not benchmarked there)."""
+    """The shapes each benchmark times a kind at (empty: the kind is not benchmarked there).
+
+    ``gemm``: a matrix product, reported in GFLOP/s too (2 flops per ``layer.work`` unit).
+    """
 
     cpu: tuple[Sizes, ...] = ()
     cuda: Sizes | None = None
     cuda_quick: Sizes | None = None
+    gemm: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,11 @@ libraries through ``__cuda_array_interface__``. Run with ``pytest -m gpu`` on a 
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from cuda_cases import Sizes, assert_matches_reference, make_cases, random_input
+from cuda_cases import Sizes, assert_matches_reference, make_case, make_cases, random_input
 
 from normserve.kernels import dtypes
 
@@ -65,7 +61,7 @@ def test_batch_invariance(kind: str) -> None:
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_headline_shape_layer_and_rms_norm(dtype: type) -> None:
     for kind in ("layer_norm", "rms_norm"):
-        case = make_cases(Sizes(8192, 4096, 1, 1, (1,), 1, 1))[0 if kind == "layer_norm" else 1]
+        case = make_case(kind, Sizes(8192, 4096, 1, 1, (1,), 1, 1))
         x = random_input(case.shape, np.dtype(dtype))
         assert_matches_reference(case, x, case.layer().apply(x))
 
@@ -81,7 +77,7 @@ def test_large_offset_layer_norm_fp32() -> None:
 
 
 def test_rows_longer_than_the_register_cache() -> None:
-    case = make_cases(Sizes(3, 4, 4, 2, (100, 100), 4, 4))[4]  # group norm: 20000-value rows
+    case = make_case("group_norm", Sizes(3, 4, 4, 2, (100, 100), 4, 4))  # 20000-value rows
     x = random_input(case.shape, np.dtype(np.float32), offset=2.0)
     assert_matches_reference(case, x, case.layer().apply(x))
 

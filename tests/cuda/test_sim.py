@@ -26,12 +26,13 @@ if not SIMULATED:
         env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-            cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
             timeout=900, check=False)
         print(proc.stdout[-3000:])
         assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
 
 else:
+    from cuda_cases import Sizes, assert_matches_reference, make_case, make_cases, random_input
     from numba import cuda
 
     from normserve import kernels
@@ -40,9 +41,6 @@ else:
     from normserve.kernels import dtypes
     from normserve.kernels import reference as ref
     from normserve.kernels.oracle import assert_close
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from cuda_cases import Sizes, assert_matches_reference, make_cases, random_input
 
     SIZES = Sizes(batch=3, features=37, channels=6, groups=3, spatial=(5,), in_features=37,
                   out_features=23)
@@ -84,14 +82,12 @@ else:
         """Rows past ITEMS * MAX_THREADS values re-read their tail from global memory."""
         n = ck.ITEMS * ck.MAX_THREADS + 37
         x = random_input((1, 1, n), np.dtype(np.float32), offset=3.0)
-        case = make_cases(Sizes(1, 4, 1, 1, (n,), 4, 4))[3]  # instance norm, one channel
-        assert case.kind == "instance_norm"
+        case = make_case("instance_norm", Sizes(1, 4, 1, 1, (n,), 4, 4))  # one channel
         assert_matches_reference(case, x, case.layer().apply(x))
 
     def test_group_norm_channel_affine_on_odd_spatial() -> None:
         """7 channels per group over 3x5 positions: the affine index is j // spatial."""
-        case = make_cases(Sizes(2, 4, 14, 2, (3, 5), 4, 4))[4]
-        assert case.kind == "group_norm"
+        case = make_case("group_norm", Sizes(2, 4, 14, 2, (3, 5), 4, 4))
         x = random_input(case.shape, np.dtype(np.float32))
         assert_matches_reference(case, x, case.layer().apply(x))
 
@@ -210,10 +206,11 @@ else:
         rng = np.random.default_rng(0)
         rows = []
         for case in bench_cuda.bench_cases(quick=True):
-            hyper = {k: v for k, v in case.hyper.items() if k != "out_features"}
-            layer = kernels.prepare(case.kind, bench_cuda.case_params(case, rng), **hyper)
-            assert len(layer.output_shape(case.shape)) == len(case.shape)
-            rows.append({"kind": case.kind, "shape": "x".join(map(str, case.shape)),
+            example = case.example(rng)
+            shape = example.shape(case.sizes.batch)
+            layer = kernels.prepare(case.kind, example.params, **example.hyper)
+            assert len(layer.output_shape(shape)) == len(shape)
+            rows.append({"kind": case.kind, "shape": "x".join(map(str, shape)),
                          "dtype": case.dtype.name, "ms": 1.0, "GB/s": 800.0, "copy": 0.8,
                          "torch_ms": 1.1, "speedup": 1.1, "target": case.target})
         table = bench_cuda.format_table(rows, 1000.0, "test device")

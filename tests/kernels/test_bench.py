@@ -1,22 +1,37 @@
 """``normserve bench`` runs end to end on one small case (no timings are asserted: this
-machine is shared and noisy); its three normserve columns compute the same bits."""
+machine is shared and noisy); its three normserve columns compute the same bits; without the
+``bench`` extra it says what to install."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from normserve.kernels import bench
-
-pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
+from normserve.bench import kernels as bench
 
 CASE = "rms_norm 256x4096"
+# A plain install: torch cannot be imported (None in sys.modules makes every import fail).
+NO_TORCH = ("import sys; sys.modules['torch'] = None; from normserve.cli import main; "
+            "sys.exit(main(['bench']))")
 
 
+def test_without_the_bench_extra_one_line_names_it():
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "pip install 'normserve[bench]'" in proc.stderr and "torch" in proc.stderr
+
+
+@pytest.mark.slow
 def test_normserve_columns_agree_bitwise():
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
     (case,) = bench.build_cases(1, CASE)
     one_shot, prepared = (case.peers[k]() for k in bench.OURS[:2])
     case.peers[bench.OURS[2]]()
@@ -25,7 +40,10 @@ def test_normserve_columns_agree_bitwise():
     np.testing.assert_allclose(prepared, torch_y, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rows_and_summary_cover_every_mode_and_column(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
     path = tmp_path / "bench.json"
     assert bench.main(["--only", CASE, "--reps", "2", "--threads", "1", "--idle-ms", "1",
                        "--no-compile-times", "--json", str(path)]) == 0
