@@ -7,6 +7,7 @@ oracle)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -85,6 +86,11 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """A client of this server (closed in stop())."""
+        return httpx.Client(base_url=self.url, timeout=120)
+
     def wait_ready(self) -> Server:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -114,6 +120,8 @@ class Server:
             raise
         finally:
             self.log.close()
+            if "http" in self.__dict__:
+                self.http.close()
 
 
 @contextlib.contextmanager
