@@ -1,9 +1,11 @@
 """The load benchmark (``python -m normserve.bench.load``): its ``--quick`` smoke run
 end to end over every quick mode (HTTP binary, gRPC, system shared memory over gRPC and over
 HTTP), kept short; the request builders; the targets it checks, against normserve's own HTTP and
-against the best peer; and the peers (``loadbench_peers``): KServe's ModelServer run for real
+against the best peer; and the peers (``bench/load_peers.py``): KServe's ModelServer run for real
 (kserve is a test dependency), answers checked against NumPy, and missing or wrong peers
-skipped, saying why."""
+skipped, saying why. The runs that start servers or drive the app for a while (the quick run,
+the KServe peer, the app benchmark) are marked slow: ``pytest -m slow`` runs them; the
+default run has the rest."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import orjson
 import pytest
 from tritonclient.grpc import service_pb2
 
-from normserve.service import loadbench as lb
-from normserve.service import loadbench_peers as lbp
+from normserve.bench import load as lb
+from normserve.bench import load_peers as lbp
 
 
 def _table_rows(text: str) -> list[list[str]]:
@@ -27,6 +29,7 @@ def _table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quick_run_covers_every_quick_mode(tmp_path, capsys):
     out = tmp_path / "loadbench.md"
@@ -218,6 +221,7 @@ def test_answers_are_checked_against_numpy(monkeypatch):
     assert lb.wrong_answer("http-json", ports, "1x1024") == "no answer: ConnectError('refused')"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_kserve_peer_answers_right_and_is_measured():
     """KServe's ModelServer with this interpreter (kserve is a test dependency), through the
@@ -292,11 +296,12 @@ def test_sample_is_deterministic():
     assert np.array_equal(lb.sample((1, 1024)), lb.sample((1, 1024)))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_appbench_drives_the_app_in_process(capsys):
-    """The in-process benchmark (service/appbench.py) answers every request 200 and reports
+    """The in-process benchmark (bench/app.py) answers every request 200 and reports
     a rate and a CPU cost per request for each mode."""
-    from normserve.service import appbench
+    from normserve.bench import app as appbench
 
     assert appbench.main(["--duration", "0.3", "--repeat", "1", "--clients", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
