@@ -14,7 +14,7 @@ import asyncio
 import functools
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,14 +51,6 @@ def layer_norm(n: int) -> PreparedLayer:
     rng = np.random.default_rng(n)
     return prepare("layer_norm", {"weight": rng.standard_normal(n) + 1.0,
                                   "bias": rng.standard_normal(n)}, normalized_shape=[n])
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[ThreadPoolExecutor]:
-    """The one compute thread, as the server has it."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="test-compute")
-    yield pool
-    pool.shutdown(wait=True)
 
 
 def rows_of(n: int, rows: int, dtype: Any = np.float32, seed: int = 0) -> np.ndarray:

@@ -13,8 +13,6 @@ import asyncio
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
@@ -28,31 +26,12 @@ from normserve.service.core.calls import InferCall
 from normserve.service.core.context import Context
 from normserve.service.core.dataplane import DataPlane
 from normserve.service.core.errors import ApiError
-from normserve.service.core.metrics import Metrics
-from normserve.service.core.tensors import Limits
-from normserve.service.models.registry import DEMO_REPOSITORY, Registry
-from normserve.service.settings import Settings
+from normserve.service.models.registry import DEMO_REPOSITORY
 
 TOKEN = "t0ken"
 AUTH = f"Bearer {TOKEN}"
 DEMO_MODELS = {"batch_norm_8", "group_norm_8", "instance_norm_4", "layer_norm_1024",
                "rms_norm_512", "spectral_norm_64x32", "weight_norm_64x32"}
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[ThreadPoolExecutor]:
-    pool = ThreadPoolExecutor(1)
-    yield pool
-    pool.shutdown()
-
-
-def make_context(executor: ThreadPoolExecutor, **settings: Any) -> Context:
-    """The core as ``app.py`` builds it, without a transport."""
-    s = Settings(warmup=False, **settings)
-    registry = Registry(s, executor, Metrics())
-    registry.load_repository()
-    return Context(s, Limits(s.max_tensor_elements, s.max_rank), registry.metrics, registry,
-                   executor)
 
 
 def call_of(x: np.ndarray, **fields: Any) -> InferCall:
@@ -76,8 +55,8 @@ def failures(ctx: Context, name: str, reason: str) -> float:
 
 # --- loading --------------------------------------------------------------------------------
 
-def test_the_demo_repository_loads_every_model_with_its_config(executor) -> None:
-    ctx = make_context(executor)
+def test_the_demo_repository_loads_every_model_with_its_config(make_context) -> None:
+    ctx = make_context()
     registry = ctx.registry
     assert registry.root == DEMO_REPOSITORY
     assert set(registry.models) == DEMO_MODELS and registry.errors == {}
@@ -94,8 +73,8 @@ def test_the_demo_repository_loads_every_model_with_its_config(executor) -> None
     assert metadata["outputs"][0]["shape"] == [-1, 1024]
 
 
-def test_settings_override_every_models_batching(executor) -> None:
-    ctx = make_context(executor, max_batch_size=3, max_queue_delay_us=7, max_queue_size=5,
+def test_settings_override_every_models_batching(make_context) -> None:
+    ctx = make_context(max_batch_size=3, max_queue_delay_us=7, max_queue_size=5,
                        batch_wait="deadline", batching=False)
     for model in ctx.registry.models.values():
         b = model.batcher
@@ -138,8 +117,8 @@ BROKEN = {"no_config": "missing", "bad_json": "JSON", "bad_kind": "kind",
           "bad_params": "params", "wrong_shape": "weight", "bad name": "name must match"}
 
 
-def test_broken_folders_are_skipped_with_their_reason(executor, repository: Path) -> None:
-    ctx = make_context(executor, model_repository=str(repository))
+def test_broken_folders_are_skipped_with_their_reason(make_context, repository: Path) -> None:
+    ctx = make_context(model_repository=str(repository))
     registry = ctx.registry
     assert set(registry.models) == {"layer_norm_1024", "rms_norm_512"}
     assert set(registry.errors) == set(BROKEN)
@@ -159,17 +138,17 @@ def test_broken_folders_are_skipped_with_their_reason(executor, repository: Path
         assert index[name]["reason"] == registry.errors[name]
 
 
-def test_a_missing_repository_is_a_model_error(executor, tmp_path: Path) -> None:
+def test_a_missing_repository_is_a_model_error(make_context, tmp_path: Path) -> None:
     from normserve.repository import ModelError
 
     with pytest.raises(ModelError, match="not a directory"):
-        make_context(executor, model_repository=str(tmp_path / "absent"))
+        make_context(model_repository=str(tmp_path / "absent"))
 
 
 # --- model control --------------------------------------------------------------------------
 
-def test_explicit_model_control_loads_unloads_and_reloads(executor, repository: Path) -> None:
-    ctx = make_context(executor, model_repository=str(repository),
+def test_explicit_model_control_loads_unloads_and_reloads(make_context, repository: Path) -> None:
+    ctx = make_context(model_repository=str(repository),
                        model_control_mode="explicit", load_models=("layer_norm_1024",),
                        admin_token=TOKEN)
     registry, plane = ctx.registry, ctx.dataplane
@@ -198,8 +177,8 @@ def test_explicit_model_control_loads_unloads_and_reloads(executor, repository: 
     asyncio.run(main())
 
 
-def test_model_control_refusals(executor, repository: Path) -> None:
-    ctx = make_context(executor, model_repository=str(repository),
+def test_model_control_refusals(make_context, repository: Path) -> None:
+    ctx = make_context(model_repository=str(repository),
                        model_control_mode="explicit", load_models=(), admin_token=TOKEN)
     plane = ctx.dataplane
     assert ctx.registry.models == {}
@@ -221,21 +200,21 @@ def test_model_control_refusals(executor, repository: Path) -> None:
     assert unknown.status == 404 and "no such folder" in unknown.message
     assert not_loaded.status == 404 and "unknown model" in not_loaded.message
     # Without explicit model control, load and unload are refused outright.
-    other = make_context(executor, model_repository=str(repository),
+    other = make_context(model_repository=str(repository),
                          admin_token=TOKEN).dataplane
     exc = asyncio.run(refusal(other.load("layer_norm_1024", AUTH)))
     assert exc.status == 400 and "model control mode 'none'" in exc.message
 
 
 @pytest.mark.parametrize("name", ["..", "."])
-def test_load_cannot_reach_outside_the_repository(executor, repository: Path,
+def test_load_cannot_reach_outside_the_repository(make_context, repository: Path,
                                                   name: str) -> None:
     """A model folder's files placed in the repository's parent (and its root) must not
     be loadable by naming '..' (or '.')."""
     for folder in (repository.parent, repository):
         for child in (DEMO_REPOSITORY / "rms_norm_512").iterdir():
             shutil.copy(child, folder / child.name)
-    ctx = make_context(executor, model_repository=str(repository),
+    ctx = make_context(model_repository=str(repository),
                        model_control_mode="explicit", load_models=(), admin_token=TOKEN)
 
     async def main() -> ApiError:
@@ -253,10 +232,10 @@ def test_load_cannot_reach_outside_the_repository(executor, repository: Path,
 
 # --- the data plane's refusals -------------------------------------------------------------
 
-def test_queue_full_timeout_and_closing_become_503s_with_their_reason(executor) -> None:
+def test_queue_full_timeout_and_closing_become_503s_with_their_reason(make_context) -> None:
     """The batcher's QueueFull, TimeoutError and Closed leave the core as ApiError 503s
     (Retry-After, the reason the metrics and gRPC use), counted as the model's failures."""
-    ctx = make_context(executor, batch_wait="deadline", max_queue_delay_us=10_000_000,
+    ctx = make_context(batch_wait="deadline", max_queue_delay_us=10_000_000,
                        max_queue_size=1)
     plane, name = ctx.dataplane, "layer_norm_1024"
     model = ctx.registry.get(name)
@@ -286,10 +265,10 @@ def test_queue_full_timeout_and_closing_become_503s_with_their_reason(executor) 
         assert failures(ctx, name, reason) == 1
 
 
-def test_a_request_meeting_a_replaced_model_is_answered_by_the_new_one(executor) -> None:
+def test_a_request_meeting_a_replaced_model_is_answered_by_the_new_one(make_context) -> None:
     """A model replaced while a request is decoded: its old batcher is closed by then, and
     the data plane hands the request to the new version instead of refusing it."""
-    ctx = make_context(executor)
+    ctx = make_context()
     registry, plane, name = ctx.registry, ctx.dataplane, "rms_norm_512"
     old = registry.get(name)
     x = np.random.default_rng(2).standard_normal((3, 512)).astype(np.float32)
@@ -317,8 +296,8 @@ def test_a_request_meeting_a_replaced_model_is_answered_by_the_new_one(executor)
     assert model.name == name
 
 
-def test_names_versions_and_shapes_are_checked_against_the_model(executor) -> None:
-    ctx = make_context(executor)
+def test_names_versions_and_shapes_are_checked_against_the_model(make_context) -> None:
+    ctx = make_context()
     plane = ctx.dataplane
     x = np.zeros((1, 1024), np.float32)
     cases = [("layer_norm_1024", "2", call_of(x), 404, "version"),
@@ -338,10 +317,10 @@ def test_names_versions_and_shapes_are_checked_against_the_model(executor) -> No
     assert failures(ctx, "layer_norm_1024", "BAD_REQUEST") == 4  # the 404s are not counted
 
 
-def test_an_output_region_receives_the_rows(executor) -> None:
+def test_an_output_region_receives_the_rows(make_context) -> None:
     """Shared-memory outputs through the whole core: the batch writes the request's rows
     straight into the client's region."""
-    ctx = make_context(executor, allow_shared_memory=True)
+    ctx = make_context(allow_shared_memory=True)
     plane = ctx.dataplane
     model = ctx.registry.get("layer_norm_1024")
     x = np.random.default_rng(3).standard_normal((2, 1024)).astype(np.float32)
