@@ -73,10 +73,10 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
         warm = asyncio.create_task(_warm_all(registry, grpc_server))
         background = [warm]
         if settings.model_control_mode == "poll":
-            background.append(asyncio.create_task(registry.poll_forever()))
+            background.append(asyncio.create_task(registry.control.poll_forever()))
         if registry.cluster.active:  # several workers: follow the others' changes
             registry.cluster.report(applied=registry.cluster.generation())
-            background.append(asyncio.create_task(registry.follow_forever()))
+            background.append(asyncio.create_task(registry.control.follow_forever()))
         _on_stop_signals(ctx, grpc_server)
         try:
             yield

@@ -118,12 +118,12 @@ class DataPlane:
             if not isinstance(config, dict):
                 raise InvalidInput("parameters.config: must be a JSON object (a config.json) "
                                    "given as a string")
-        await self.ctx.registry.load(name, config)
+        await self.ctx.registry.control.load(name, config)
 
     async def unload(self, name: str, authorization: str | None) -> None:
         """Triton's RepositoryModelUnload: admin only, in model control mode ``explicit``."""
         self._check_control(authorization, "unload", name)
-        await self.ctx.registry.unload(name)
+        await self.ctx.registry.control.unload(name)
 
     def check_admin(self, authorization: str | None) -> None:
         check_admin(authorization, self.ctx.settings)

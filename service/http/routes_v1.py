@@ -117,7 +117,8 @@ async def register(name: str, request: Request) -> OrjsonResponse:
         layer = await _run(ctx, _build, config, params, ctx.settings.device, name)
     except ModelError as exc:
         raise InvalidInput(str(exc)) from None
-    model, old, (synced, workers) = await ctx.registry.register(name, config, params, layer)
+    model, old, (synced, workers) = await ctx.registry.store.register(name, config, params,
+                                                                         layer)
     return OrjsonResponse({"name": name, "replaced": old is not None,
                            "metadata": model.metadata(),
                            "workers": {"serving": synced, "of": workers}}, 200 if old else 201)
@@ -127,7 +128,7 @@ async def register(name: str, request: Request) -> OrjsonResponse:
 async def unregister(name: str, request: Request) -> dict:
     ctx = ctx_of(request)
     require_admin(request)
-    model = await ctx.registry.unregister(name)
+    model = await ctx.registry.store.unregister(name)
     if model is not None:
         await model.batcher.close()
     return {"deleted": name}
