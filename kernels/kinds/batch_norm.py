@@ -15,7 +15,7 @@ from .base import (
     positive_float,
     reject_unknown,
 )
-from .registry import Benchmarks, Example, Kind, OnnxNode, Sizes, register
+from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, register
 
 
 class BatchNorm(PreparedLayer):
@@ -89,12 +89,12 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, eps=1e-5, *
     return layer.apply(x, out)
 
 
-def _example(rng: np.random.Generator, sizes: Sizes, affine: bool = True) -> Example:
+def _example(rng: Rng, sizes: Sizes, affine: bool = True) -> Example:
     c = sizes.channels
     params = {"running_mean": rng.uniform(-1.0, 1.0, c), "running_var": rng.uniform(0.2, 2.0, c)}
     if affine:
         params |= {"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-1.0, 1.0, c)}
-    return Example(params, {}, (c, *sizes.spatial))
+    return Example(params, {}, (c, *sizes.spatial), (c, *(-1 for _ in sizes.spatial)))
 
 
 def _numpy_peer(layer: BatchNorm, x: np.ndarray):

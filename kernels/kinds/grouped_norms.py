@@ -18,7 +18,7 @@ from .base import (
     positive_int,
     reject_unknown,
 )
-from .registry import Benchmarks, Example, Kind, OnnxNode, Sizes, register
+from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, register
 
 
 class GroupNorm(AffineNorm):
@@ -151,12 +151,12 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, device="cpu",
 
 
 def _example(grouped: bool):
-    def example(rng: np.random.Generator, sizes: Sizes, affine: bool = True) -> Example:
+    def example(rng: Rng, sizes: Sizes, affine: bool = True) -> Example:
         c = sizes.channels
         params = ({"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-1.0, 1.0, c)}
                   if affine else {})
         hyper = {"num_groups": sizes.groups} if grouped else {}
-        return Example(params, hyper, (c, *sizes.spatial))
+        return Example(params, hyper, (c, *sizes.spatial), (c, *(-1 for _ in sizes.spatial)))
 
     return example
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import reference as R
 from .base import Params, PreparedLayer, as_array, optional_array, reject_unknown, resolve_names
-from .registry import Benchmarks, Example, Kind, OnnxNode, Sizes, register
+from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, register
 
 
 class _Linear(PreparedLayer):
@@ -150,31 +150,40 @@ def spectral_norm_linear(x, weight_orig, bias=None, weight_u=None, weight_v=None
     return layer.apply(x, out)
 
 
-def _weight_norm_example(rng: np.random.Generator, sizes: Sizes,
-                         affine: bool = True) -> Example:
-    v = rng.standard_normal((sizes.out_features, sizes.in_features))
-    params = {"weight_v": v, "weight_g": rng.uniform(0.5, 2.0, (sizes.out_features, 1))}
+def _weight_norm_example(rng: Rng, sizes: Sizes, affine: bool = True) -> Example:
+    n_out, n_in = sizes.out_features, sizes.in_features
+    params = {"weight_v": rng.uniform(-1.0, 1.0, (n_out, n_in)),
+              "weight_g": rng.uniform(0.5, 2.0, (n_out, 1))}
     if affine:
-        params["bias"] = rng.uniform(-1.0, 1.0, sizes.out_features)
-    return Example(params, {}, (sizes.in_features,))
+        params["bias"] = rng.uniform(-1.0, 1.0, n_out)
+    return Example(params, {}, (n_in,), (n_in,))
 
 
-def _spectral_norm_example(rng: np.random.Generator, sizes: Sizes,
-                           affine: bool = True) -> Example:
-    """With ``affine``, torch's stored ``u``, ``v`` too: a few power-iteration steps from a
+def _spectral_norm_example(rng: Rng, sizes: Sizes, affine: bool = True) -> Example:
+    """With ``affine``, torch's stored ``u``, ``v`` too: three power-iteration steps from a
     random ``v``, as training leaves them (so sigma = u . W v > 0)."""
-    w = rng.standard_normal((sizes.out_features, sizes.in_features))
+    n_out, n_in = sizes.out_features, sizes.in_features
+    w = rng.uniform(-1.0, 1.0, (n_out, n_in))
     params = {"weight_orig": w}
     if affine:
-        params["bias"] = rng.uniform(-1.0, 1.0, sizes.out_features)
-        v = rng.standard_normal(sizes.in_features)
+        params["bias"] = rng.uniform(-1.0, 1.0, n_out)
+        wt = np.ascontiguousarray(w.T)
+        v = _unit(rng.uniform(-1.0, 1.0, n_in))
         for _ in range(3):
-            u = w @ v
-            u /= np.linalg.norm(u)
-            v = w.T @ u
-            v /= np.linalg.norm(v)
+            u = _unit(_matvec(w, v))
+            v = _unit(_matvec(wt, u))
         params |= {"weight_u": u, "weight_v": v}
-    return Example(params, {}, (sizes.in_features,))
+    return Example(params, {}, (n_in,), (n_in,))
+
+
+def _matvec(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``w @ v`` with correctly rounded dot products (``math.fsum``), not BLAS: the same bits
+    on every machine."""
+    return np.array([math.fsum((row * v).tolist()) for row in w])
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    return a / math.sqrt(math.fsum((a * a).tolist()))
 
 
 def _numpy_peer(layer: _Linear, x: np.ndarray):

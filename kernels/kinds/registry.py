@@ -35,14 +35,25 @@ class Sizes:
     out_features: int = 5
 
 
+#: What example parameters are drawn with: only its ``uniform`` is called, so the legacy
+#: ``RandomState`` (whose stream NumPy keeps fixed) serves as well as a ``Generator``.
+Rng = np.random.Generator | np.random.RandomState
+
+
 @dataclass
 class Example:
-    """A layer of a kind as a user holds it: a state dict, hyper-parameters, and the
-    per-sample shape of its inputs."""
+    """A layer of a kind as a user holds it: a state dict, hyper-parameters, the per-sample
+    shape of an example input, and the per-sample dims config.json's ``input_shape`` would
+    give (``-1`` where the kind leaves a dimension free).
+
+    Examples are the same bits on every machine: uniform draws and correctly rounded
+    arithmetic only (no BLAS, LAPACK or libm), so the demo repository can be built from them.
+    """
 
     params: dict[str, np.ndarray]
     hyper: dict[str, Any]
     sample: tuple[int, ...]
+    input_shape: tuple[int, ...]
 
     def shape(self, batch: int) -> tuple[int, ...]:
         return (batch, *self.sample)
@@ -86,7 +97,7 @@ class Kind:
 
     layer: type[PreparedLayer]
     functional: Callable[..., Any]
-    example: Callable[[np.random.Generator, Sizes, bool], Example]
+    example: Callable[[Rng, Sizes, bool], Example]
     reference: Rule
     numpy_peer: Callable[[PreparedLayer, np.ndarray], Callable[[], Any]]
     torch_peer: Callable[[PreparedLayer, Any, dict[str, Any]], Callable[[], Any]]

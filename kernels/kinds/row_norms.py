@@ -10,7 +10,7 @@ import numpy as np
 from .. import dtypes
 from .. import reference as R
 from .base import MACHINE_EPS, AffineNorm, Params, as_shape, filled, positive_float, reject_unknown
-from .registry import Benchmarks, Example, Kind, OnnxNode, Sizes, register
+from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, register
 
 
 class _RowNorm(AffineNorm):
@@ -119,13 +119,13 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, *, device="cpu", out=No
 
 
 def _example(center: bool):
-    def example(rng: np.random.Generator, sizes: Sizes, affine: bool = True) -> Example:
+    def example(rng: Rng, sizes: Sizes, affine: bool = True) -> Example:
         shape = (sizes.features,) if isinstance(sizes.features, int) else tuple(sizes.features)
         n = math.prod(shape)
         params = {"weight": rng.uniform(0.5, 1.5, n).reshape(shape)} if affine else {}
         if affine and center:
             params["bias"] = rng.uniform(-1.0, 1.0, n).reshape(shape)
-        return Example(params, {"normalized_shape": list(shape)}, shape)
+        return Example(params, {"normalized_shape": list(shape)}, shape, shape)
 
     return example
 
