@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from normserve.kernels import PreparedLayer
-from normserve.kernels.buffers import POOL
+
+from .callers import CallerReturns
+from .compute import compute
 
 
 class QueueFull(Exception):
@@ -62,29 +64,31 @@ INLINE_MAX_WORK = 1 << 18
 #: Turns of the event loop without a new request after which an adaptive batch closes.
 _IDLE_TURNS = 3
 
-#: Callers coming back (the adaptive wait). A closed-loop client sends its next request once
-#: it has its answer, about one return gap later (the gap grows with the load; the batcher
-#: keeps a running mean over its callers). A caller not back within twice the mean gap (at
-#: least four times ``max_queue_delay_us``, at most a second) is taken to have gone.
+#: The adaptive wait for callers coming back (``callers.CallerReturns`` says how they are
+#: used): a caller not back within RETURN_GAPS mean return gaps (at least MIN_RETURN_DELAYS
+#: times ``max_queue_delay_us``, at most MAX_RETURN_S) is taken to have gone; GAP_WEIGHT is
+#: the newest gap's weight in the running mean.
 RETURN_GAPS = 2
 MIN_RETURN_DELAYS = 4
 MAX_RETURN_S = 1.0
-#: Weight of the newest gap in the running mean.
 GAP_WEIGHT = 1 / 8
 
 BatchObserver = Callable[[int, int, float], None]  # (rows, requests, compute seconds)
 
 
-class Batcher:
-    """The queue and the batching loop of one model."""
+class Batcher(CallerReturns):
+    """The queue and the batching loop of one model. What it knows of callers coming back
+    (for the adaptive wait) is ``CallerReturns``'s job; the kernel call is ``compute``'s."""
 
     def __init__(self, layer: PreparedLayer, executor: Executor, *, max_batch_size: int,
                  max_queue_delay_us: int, max_queue_size: int, batching: bool = True,
                  adaptive: bool = True, on_batch: BatchObserver | None = None) -> None:
+        super().__init__(max_delay_s=max_queue_delay_us / 1e6, return_gaps=RETURN_GAPS,
+                         min_return_delays=MIN_RETURN_DELAYS, max_return_s=MAX_RETURN_S,
+                         gap_weight=GAP_WEIGHT)
         self.layer = layer
         self.executor = executor
         self.max_batch_size = max_batch_size
-        self.max_delay_s = max_queue_delay_us / 1e6
         self.max_queue_size = max_queue_size
         self.batching = batching
         self.adaptive = adaptive
@@ -92,14 +96,6 @@ class Batcher:
         #: Told the queue's depth whenever it changes (the pending-requests gauge).
         self.on_depth: Callable[[int], None] | None = None
         self._queue: deque[_Pending] = deque()
-        #: Per caller: its requests in progress, and whether it was seen to come back. Callers
-        #: with none in progress: when their last answer went (kept MAX_RETURN_S, oldest
-        #: first); of those seen to come back before, the same (the ones an adaptive batch
-        #: may wait for), and the mean return gap.
-        self._in_progress: dict[Hashable, tuple[int, bool]] = {}
-        self._answered: dict[Hashable, float] = {}
-        self._away: dict[Hashable, float] = {}
-        self._gap = 0.0
         self._waiter: asyncio.Future | None = None  # the loop sleeps on this
         self._closing = False
         self._flushing = False  # set on SIGTERM: stop waiting for fuller batches
@@ -133,7 +129,7 @@ class Batcher:
         self._depth_changed()
         caller = caller if self.adaptive and self.batching else None  # only its wait uses them
         if caller is not None:
-            self._arrived(caller)
+            self.caller_arrived(caller)
         self._wake_loop()
         timer = loop.call_later(timeout_s, self._expire, item)
         try:
@@ -141,47 +137,8 @@ class Batcher:
         finally:
             timer.cancel()
             if caller is not None:
-                self._left(caller)
+                self.caller_left(caller)
         return out, item.timing
-
-    def _arrived(self, caller: Hashable) -> None:
-        count, returns = self._in_progress.get(caller, (0, False))
-        if not count and (answered := self._answered.pop(caller, None)) is not None:
-            gap = time.perf_counter() - answered
-            self._gap += (gap - self._gap) * GAP_WEIGHT if self._gap else gap
-            self._away.pop(caller, None)
-            returns = True
-        self._in_progress[caller] = (count + 1, returns)
-
-    def _left(self, caller: Hashable) -> None:
-        count, returns = self._in_progress.pop(caller)
-        if count > 1:
-            self._in_progress[caller] = (count - 1, returns)
-            return
-        now = time.perf_counter()
-        answered = self._answered
-        answered[caller] = now
-        while (oldest := next(iter(answered.items())))[1] < now - MAX_RETURN_S:
-            del answered[oldest[0]]
-        if returns:  # not a connection per request: it may come back
-            self._away[caller] = now
-        self._caller_due(now, now)  # forgets those gone
-
-    def _caller_due(self, now: float, deadline: float) -> float | None:
-        """Until when to wait for a caller expected back by ``deadline`` (give or take
-        ``max_queue_delay_us``), or None when none is. The one answered first is due first
-        (one mean gap after its answer): when it is not due by then, none is. A caller late
-        by more than its window is forgotten."""
-        away, gap = self._away, self._gap
-        window = min(max(RETURN_GAPS * gap, MIN_RETURN_DELAYS * self.max_delay_s),
-                     MAX_RETURN_S)
-        while away:
-            caller, answered = next(iter(away.items()))
-            if now < answered + window:
-                return answered + window if answered + gap <= deadline + self.max_delay_s \
-                    else None
-            del away[caller]
-        return None
 
     def _expire(self, item: _Pending) -> None:
         if item.future.done():
@@ -271,7 +228,7 @@ class Batcher:
             if not self.adaptive:
                 await self._sleep(left)
                 continue
-            if (due := self._caller_due(now, deadline)) is not None:
+            if (due := self.caller_due(now, deadline)) is not None:
                 await self._sleep(min(left, due - now))
                 continue
             before = len(self._queue)
@@ -311,10 +268,10 @@ class Batcher:
         try:
             rows = sum(x.shape[0] for x in xs)
             if self.layer.work((rows, *xs[0].shape[1:])) <= INLINE_MAX_WORK:
-                outs, compute_s = _compute(self.layer, xs, targets)
+                outs, compute_s = compute(self.layer, xs, targets)
             else:
                 outs, compute_s = await asyncio.get_running_loop().run_in_executor(
-                    self.executor, _compute, self.layer, xs, targets)
+                    self.executor, compute, self.layer, xs, targets)
         except Exception as exc:  # a kernel failure fails this batch only
             for p in live:
                 if not p.future.done():
@@ -329,61 +286,3 @@ class Batcher:
             p.timing.batch_rows = rows
             if not p.future.done():
                 p.future.set_result(out)
-
-
-def _compute(layer: PreparedLayer, xs: list[np.ndarray], targets: list[np.ndarray | None]
-             ) -> tuple[list[np.ndarray], float]:
-    """Apply the layer to a batch: per-request outputs (views of one batch output, or the
-    requests' own targets, filled) and the compute time.
-
-    A request whose input the kernel can read in place and whose output has a target (one
-    shared-memory region to another) runs as a kernel call of its own, straight from its
-    input into its target: joining it would copy its bytes twice more (into the batch, out
-    of it) to save a launch of a few microseconds. The others are joined into one call."""
-    t0 = time.perf_counter()
-    outs: dict[int, np.ndarray] = {}
-    joined = []
-    for i, (a, target) in enumerate(zip(xs, targets, strict=True)):
-        if target is not None and _usable(a):
-            outs[i] = layer.apply(a, out=target)
-        else:
-            joined.append(i)
-    if joined:
-        outs.update(zip(joined, _joined(layer, [xs[i] for i in joined],
-                                        [targets[i] for i in joined]), strict=True))
-    return [outs[i] for i in range(len(xs))], time.perf_counter() - t0
-
-
-def _joined(layer: PreparedLayer, xs: list[np.ndarray], targets: list[np.ndarray | None]
-            ) -> list[np.ndarray]:
-    """Join the inputs into one batch buffer (the one copy), apply, return per-request views
-    (or the requests' own targets, filled)."""
-    if len(xs) == 1 and _usable(xs[0]):
-        x = xs[0]
-    else:  # pooled buffers: their pages are already mapped (fresh ones fault on first touch)
-        rows = sum(a.shape[0] for a in xs)
-        x = POOL.empty((rows, *xs[0].shape[1:]), xs[0].dtype)
-        at = 0
-        for a in xs:
-            x[at:at + a.shape[0]] = a
-            at += a.shape[0]
-    if len(xs) == 1 and targets[0] is not None:  # alone: the kernel writes the target itself
-        layer.apply(x, out=targets[0])
-        return [targets[0]]
-    out = POOL.empty(layer.output_shape(x.shape), x.dtype)
-    layer.apply(x, out=out)
-    outs, at = [], 0
-    for a, target in zip(xs, targets, strict=True):
-        rows = out[at:at + a.shape[0]]
-        if target is not None:
-            np.copyto(target, rows)
-            rows = target
-        outs.append(rows)
-        at += a.shape[0]
-    return outs
-
-
-def _usable(a: np.ndarray) -> bool:
-    """An array the kernels can read in place: an aligned, writable C array (a decoded JSON
-    tensor). Binary tensors are read-only views of the body, of unknown alignment: copied."""
-    return a.flags.c_contiguous and a.flags.aligned and a.flags.writeable

@@ -1,0 +1,90 @@
+"""The batcher's two helpers alone: ``CallerReturns`` (which callers an adaptive batch waits
+for, driven with a fake clock) and ``compute`` (a batch's kernel call and its rows back)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normserve.kernels import prepare
+from normserve.service.batching import callers as callers_module
+from normserve.service.batching.callers import CallerReturns
+from normserve.service.batching.compute import compute
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(callers_module.time, "perf_counter", fake)
+    return fake
+
+
+def returns(max_delay_s: float = 0.01, max_return_s: float = 1.0) -> CallerReturns:
+    return CallerReturns(max_delay_s=max_delay_s, return_gaps=2, min_return_delays=4,
+                         max_return_s=max_return_s, gap_weight=1 / 8)
+
+
+def test_a_caller_never_seen_to_come_back_is_not_waited_for(clock: Clock) -> None:
+    c = returns()
+    c.caller_arrived("a")
+    c.caller_left("a")
+    assert c.caller_due(clock.now, clock.now + 0.01) is None
+
+
+def test_a_returning_caller_is_waited_for_within_its_window_then_forgotten(clock) -> None:
+    c = returns()
+    c.caller_arrived("a")
+    c.caller_left("a")
+    clock.now += 0.002  # back after a 2 ms gap: a returning caller
+    c.caller_arrived("a")
+    c.caller_left("a")
+    answered = clock.now
+    window = 4 * 0.01  # max(2 gaps, 4 batch delays)
+    assert c.caller_due(clock.now, clock.now + 0.01) == pytest.approx(answered + window)
+    clock.now += window + 1e-6
+    assert c.caller_due(clock.now, clock.now + 0.01) is None
+    assert not c._away  # late past its window: forgotten
+
+
+def test_a_caller_with_a_request_in_progress_is_not_away(clock: Clock) -> None:
+    c = returns()
+    for _ in range(2):
+        c.caller_arrived("a")
+        c.caller_left("a")
+        clock.now += 0.001
+    c.caller_arrived("a")
+    assert c.caller_due(clock.now, clock.now + 0.01) is None
+    c.caller_arrived("a")  # a second request of the same caller
+    c.caller_left("a")
+    assert c._in_progress["a"][0] == 1
+
+
+def test_answers_are_kept_no_longer_than_max_return_s(clock: Clock) -> None:
+    c = returns(max_return_s=0.5)
+    for name in ("a", "b"):
+        c.caller_arrived(name)
+        c.caller_left(name)
+        clock.now += 0.4
+    c.caller_arrived("c")
+    c.caller_left("c")  # "a" answered 0.8 s ago: dropped
+    assert list(c._answered) == ["b", "c"]
+
+
+def test_compute_joins_requests_and_hands_each_its_rows() -> None:
+    layer = prepare("rms_norm", {"weight": np.linspace(0.5, 1.5, 8)}, normalized_shape=[8])
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((rows, 8)).astype(np.float32) for rows in (1, 3, 2)]
+    target = np.empty((3, 8), np.float32)
+    outs, seconds = compute(layer, xs, [None, target, None])
+    assert seconds >= 0
+    assert outs[1] is target
+    for x, out in zip(xs, outs, strict=True):
+        assert out.tobytes() == layer.apply(x).tobytes()
