@@ -157,17 +157,7 @@ class DataPlane:
             target = _output_target(model, call)
             settings = self.ctx.settings
             timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
-            try:
-                out, timing = await model.batcher.submit(call.array, timeout, target, caller)
-            except Closed:
-                # Replaced while this request was on its way to the old batcher (which
-                # finishes what it had queued): the new version, warm already, takes it.
-                current = self.ctx.registry.models.get(name)
-                if current is None or current is model or self.ctx.draining:
-                    raise
-                current.check_input(call.array.shape, call.field + ".shape")
-                out, timing = await current.batcher.submit(call.array, timeout, target,
-                                                           caller)
+            out, timing = await self._submit(model, call, timeout, target, caller)
         except (QueueFull, asyncio.TimeoutError, Closed) as exc:
             error = _refusal(exc, name, model, timeout)
             self.ctx.metrics.observe_failure(name, error.reason, time.perf_counter() - start)
@@ -177,6 +167,21 @@ class DataPlane:
                                              time.perf_counter() - start)
             raise
         return Answer(model, call, out, timing, start, decode_s)
+
+    async def _submit(self, model: Model, call: InferCall, timeout: float,
+                      target: np.ndarray | None, caller: Hashable | None
+                      ) -> tuple[np.ndarray, Timing]:
+        """The call's rows from ``model``'s batcher; one replaced while this request was on
+        its way to the old batcher (which finishes what it had queued) hands it to the new
+        version, warm already."""
+        try:
+            return await model.batcher.submit(call.array, timeout, target, caller)
+        except Closed:
+            current = self.ctx.registry.models.get(model.name)
+            if current is None or current is model or self.ctx.draining:
+                raise
+            current.check_input(call.array.shape, call.field + ".shape")
+            return await current.batcher.submit(call.array, timeout, target, caller)
 
     def done(self, answer: Answer, encode_s: float) -> None:
         """Record an answered request (after the transport encoded it)."""

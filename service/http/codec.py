@@ -201,22 +201,36 @@ def _small_header(head: bytes) -> InferenceRequest:
 
 def decode_infer(body: bytes, header_length: str | None, limits: Limits,
                  shm: SharedMemory) -> InferCall:
-    """Parse an infer body (JSON, or JSON header + binary section) into an ``InferCall``."""
+    """Parse an infer body (JSON, or JSON header + binary section) into the one ``InferCall``
+    the core runs, in one pass: the header, the input, the outputs asked for, the timeout."""
     head, binary = _split(body, header_length)
-    # A body that may carry JSON data tries simdjson's way first (``values``: its data as
-    # float64, left out of the header; None: any data stays in the header for json_array).
-    # Both ways accept and refuse the same bodies.
-    json_data = header_length is None and b'"data"' in body
-    values: np.ndarray | None = None
+    req, values = _header(head, json_data=header_length is None and b'"data"' in body)
+    field = "inputs[0]"
+    array = _input(req, values, binary, limits, shm, field)
+    binary_out, region, region_params = _outputs(req, shm)
+    return InferCall(req.id, req.inputs[0].name, array, binary_out,
+                     timeout_param((req.parameters or {}).get("timeout")),
+                     req.model_name, req.model_version, field, region, region_params)
+
+
+def _header(head: memoryview, json_data: bool) -> tuple[InferenceRequest, np.ndarray | None]:
+    """The validated JSON header, and its input's data as float64 when simdjson read it
+    (then left out of the header; None: any data stays in the header for ``json_array``).
+    A body that may carry JSON data tries simdjson's way first; both ways accept and refuse
+    the same bodies."""
     if not json_data and len(head) <= HEADER_CACHE_BYTES:
-        req = _small_header(bytes(head))
-    else:
-        fast = _simd_head(head) if json_data else None
-        parsed, values = fast if fast is not None else (_loads(head), None)
-        req = validate(InferenceRequest, parsed)
+        return _small_header(bytes(head)), None
+    fast = _simd_head(head) if json_data else None
+    parsed, values = fast if fast is not None else (_loads(head), None)
+    return validate(InferenceRequest, parsed), values
+
+
+def _input(req: InferenceRequest, values: np.ndarray | None, binary: memoryview,
+           limits: Limits, shm: SharedMemory, field: str) -> np.ndarray:
+    """The one input's array, from shared memory, the binary section or JSON data: its
+    declared datatype and shape checked before anything of that size is made."""
     check_one_input([i.name for i in req.inputs])
     spec = req.inputs[0]
-    field = "inputs[0]"
     dtype = dtype_of(spec.datatype, f"{field}.datatype")
     count = check_shape(spec.shape, limits, f"{field}.shape")
     size = (spec.parameters or {}).get("binary_data_size")
@@ -225,7 +239,8 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits,
     if array is not None:
         if has_data or size is not None or len(binary):
             raise InvalidInput(f"{field}: give a shared memory region or data, not both")
-    elif size is not None:
+        return array
+    if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"{field}.parameters.binary_data_size: must be an integer >= 0")
         if has_data:
@@ -236,16 +251,21 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits,
         if size != len(binary):
             raise InvalidInput(f"{field}.parameters.binary_data_size: {size} bytes, but the "
                                f"binary section has {len(binary)}")
-        array = np.frombuffer(binary, dtype=dtype, count=count).reshape(spec.shape)
-    else:
-        if not has_data:
-            raise InvalidInput(f"{field}.data: missing (or give parameters.binary_data_size)")
-        if len(binary):
-            raise InvalidInput(f"body: {len(binary)} bytes of binary data that no input claims")
-        if values is not None:
-            array = numbers_array(values, spec.shape, dtype, count, f"{field}.data")
-        else:
-            array = json_array(spec.data, spec.shape, dtype, count, f"{field}.data")
+        return np.frombuffer(binary, dtype=dtype, count=count).reshape(spec.shape)
+    if not has_data:
+        raise InvalidInput(f"{field}.data: missing (or give parameters.binary_data_size)")
+    if len(binary):
+        raise InvalidInput(f"body: {len(binary)} bytes of binary data that no input claims")
+    if values is not None:
+        return numbers_array(values, spec.shape, dtype, count, f"{field}.data")
+    return json_array(spec.data, spec.shape, dtype, count, f"{field}.data")
+
+
+def _outputs(req: InferenceRequest, shm: SharedMemory
+             ) -> tuple[bool, memoryview | None, dict[str, Any] | None]:
+    """How the client wants the answer: binary or JSON (the request's
+    ``binary_data_output``, overridden by an output's ``binary_data``), and the shared-memory
+    region it goes to (with the parameters that named it), if any."""
     binary_out = _flag(req.parameters, "binary_data_output", "parameters") or False
     check_outputs([out.name for out in req.outputs or ()])
     region = region_params = None
@@ -254,9 +274,7 @@ def decode_infer(body: bytes, header_length: str | None, limits: Limits,
         if flag is not None:
             binary_out = flag
         region, region_params = shm.output_region(out.parameters, f"outputs[{i}]")
-    return InferCall(req.id, spec.name, array, binary_out,
-                     timeout_param((req.parameters or {}).get("timeout")),
-                     req.model_name, req.model_version, field, region, region_params)
+    return binary_out, region, region_params
 
 
 def encode_infer(model: str, call: InferCall,
