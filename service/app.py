@@ -17,6 +17,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -51,46 +52,11 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        set_parallel_min_work(settings.parallel_min_work)
-        executor = ThreadPoolExecutor(1, thread_name_prefix="normserve-compute")
-        metrics = Metrics()
-        registry = Registry(settings, executor, metrics)
-        registry.load_repository()
-        ctx = Context(settings, Limits(settings.max_tensor_elements, settings.max_rank),
-                      metrics, registry, executor)
-        app.state.ctx = ctx
-        for model in registry.models.values():
-            model.batcher.start()
-        grpc_server = None
-        if settings.grpc_port:
-            from .grpc.server import GrpcServer  # gRPC's import costs nothing when off
-
-            grpc_server = GrpcServer(ctx.dataplane, settings.host, settings.grpc_port)
-            await grpc_server.start()
-        log.info("serving %d model(s) from %s; %d skipped%s", len(registry.models),
-                 registry.root, len(registry.errors),
-                 f"; gRPC on port {grpc_server.port}" if grpc_server else "")
-        warm = asyncio.create_task(_warm_all(registry, grpc_server))
-        background = [warm]
-        if settings.model_control_mode == "poll":
-            background.append(asyncio.create_task(registry.control.poll_forever()))
-        if registry.cluster.active:  # several workers: follow the others' changes
-            registry.cluster.report(applied=registry.cluster.generation())
-            background.append(asyncio.create_task(registry.control.follow_forever()))
-        _on_stop_signals(ctx, grpc_server)
+        running = await _start(settings, app)
         try:
             yield
         finally:
-            ctx.draining = True
-            for task in background:
-                task.cancel()
-            registry.cluster.leave()
-            metrics.leave()
-            if grpc_server is not None:
-                await grpc_server.stop(settings.request_timeout)
-            for model in list(registry.models.values()):
-                await model.batcher.close()
-            executor.shutdown(wait=True)
+            await _stop(running)
 
     # /docs (Swagger UI) loads its script and styles from fastapi-offline's package data,
     # mounted at /static-offline-docs, not from a CDN: it works air-gapped. validatorUrl None:
@@ -106,6 +72,64 @@ def create_app(settings: Settings | None = None) -> InferFastPath:
     app.include_router(routes_v2.router)
     app.include_router(routes_v1.router)
     return InferFastPath(app)
+
+
+@dataclass
+class _Running:
+    """What start-up made and shutdown takes down."""
+
+    ctx: Context
+    grpc_server: GrpcServer | None
+    background: list[asyncio.Task]
+
+
+async def _start(settings: Settings, app: FastAPI) -> _Running:
+    """Load the repository, start every batcher and the gRPC server, and in the background
+    warm the kernels (and, as the settings say, poll the repository, follow the other
+    workers)."""
+    set_parallel_min_work(settings.parallel_min_work)
+    executor = ThreadPoolExecutor(1, thread_name_prefix="normserve-compute")
+    metrics = Metrics()
+    registry = Registry(settings, executor, metrics)
+    registry.load_repository()
+    ctx = Context(settings, Limits(settings.max_tensor_elements, settings.max_rank),
+                  metrics, registry, executor)
+    app.state.ctx = ctx
+    for model in registry.models.values():
+        model.batcher.start()
+    grpc_server = None
+    if settings.grpc_port:
+        from .grpc.server import GrpcServer  # gRPC's import costs nothing when off
+
+        grpc_server = GrpcServer(ctx.dataplane, settings.host, settings.grpc_port)
+        await grpc_server.start()
+    log.info("serving %d model(s) from %s; %d skipped%s", len(registry.models),
+             registry.root, len(registry.errors),
+             f"; gRPC on port {grpc_server.port}" if grpc_server else "")
+    background = [asyncio.create_task(_warm_all(registry, grpc_server))]
+    if settings.model_control_mode == "poll":
+        background.append(asyncio.create_task(registry.control.poll_forever()))
+    if registry.cluster.active:  # several workers: follow the others' changes
+        registry.cluster.report(applied=registry.cluster.generation())
+        background.append(asyncio.create_task(registry.control.follow_forever()))
+    _on_stop_signals(ctx, grpc_server)
+    return _Running(ctx, grpc_server, background)
+
+
+async def _stop(running: _Running) -> None:
+    """Stop the background tasks, leave the workers' sums, let gRPC's running calls finish,
+    then close every batcher (which runs what is still queued) and the compute thread."""
+    ctx = running.ctx
+    ctx.draining = True
+    for task in running.background:
+        task.cancel()
+    ctx.registry.cluster.leave()
+    ctx.metrics.leave()
+    if running.grpc_server is not None:
+        await running.grpc_server.stop(ctx.settings.request_timeout)
+    for model in list(ctx.registry.models.values()):
+        await model.batcher.close()
+    ctx.executor.shutdown(wait=True)
 
 
 def _on_stop_signals(ctx: Context, grpc_server: GrpcServer | None) -> None:
