@@ -1,6 +1,6 @@
 """KServe's own clients (kserve's InferenceRESTClient with protocol v2, InferenceGRPCClient),
-unmodified, against a real normserve; and the request fields those clients add to the body
-(``model_name``, ``model_version``, their own ``parameters``) over plain HTTP."""
+unmodified, against a real normserve process (the request fields those clients add to the
+body: http/test_kserve_fields.py)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,10 @@ import importlib.util
 import subprocess
 import sys
 
-import httpx
 import numpy as np
 import pytest
 from service_helpers import (
     assert_matches_reference,
-    infer_json_body,
     local_layer,
     running_server,
     sample_input,
@@ -90,28 +88,3 @@ def test_grpc_client(server, tmp_path, datatype):
     x = sample_input(LN, 2, datatype, seed=5)
     y = _kserve(tmp_path, "grpc", server.grpc_url, x, datatype)
     assert y.tobytes() == local_layer(LN).apply(x).tobytes()
-
-
-def test_body_may_name_its_model_and_version(server):
-    x = sample_input(LN, 1, "FP32", seed=6)
-    for extra in ({"model_name": LN}, {"model_name": LN, "model_version": "1"},
-                  {"model_version": ""}, {"parameters": {"content_type": "np", "x-y": 3}}):
-        resp = httpx.post(f"{server.url}/v2/models/{LN}/infer",
-                          json=infer_json_body(x, "FP32", **extra), timeout=30)
-        assert resp.status_code == 200, (extra, resp.text)
-    versioned = httpx.post(f"{server.url}/v2/models/{LN}/versions/1/infer",
-                           json=infer_json_body(x, "FP32", model_version="1"), timeout=30)
-    assert versioned.status_code == 200
-
-
-@pytest.mark.parametrize(("extra", "words"), [
-    ({"model_name": "rms_norm_512"}, "model_name: the body names 'rms_norm_512'"),
-    ({"model_version": "2"}, "model_version: the body names '2'"),
-    ({"model_name": 7}, "model_name: Input should be a valid string"),
-])
-def test_body_naming_another_model_is_refused(server, extra, words):
-    x = sample_input(LN, 1, "FP32", seed=7)
-    resp = httpx.post(f"{server.url}/v2/models/{LN}/infer",
-                      json=infer_json_body(x, "FP32", **extra), timeout=30)
-    assert resp.status_code == 400
-    assert resp.json()["error"].startswith(words), resp.json()
