@@ -12,8 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..core.errors import InvalidInput
+from ..core.protocol import DATATYPE_NAMES
 
 Shape = list[StrictInt]
+_DATATYPES = f"{', '.join(DATATYPE_NAMES[:-1])} or {DATATYPE_NAMES[-1]}"
 
 
 class TensorInput(BaseModel):
@@ -23,7 +25,7 @@ class TensorInput(BaseModel):
 
     name: StrictStr = Field(min_length=1, max_length=256)
     shape: Shape = Field(max_length=16)
-    datatype: StrictStr = Field(description="FP16, FP32, FP64 or BF16")
+    datatype: StrictStr = Field(description=_DATATYPES)
     parameters: dict[str, Any] | None = Field(
         default=None, description="binary_data_size: byte length in the binary section")
     data: list[Any] | None = Field(default=None, description="row-major values, flat or nested")
