@@ -1,5 +1,5 @@
-"""tritonclient.http, unmodified, against a real normserve: every demo kind and dtype, JSON and
-binary tensors, checked against the float64 references."""
+"""tritonclient.http, unmodified, against a real normserve process on a real socket: every
+demo kind and dtype, JSON and binary tensors, checked against the float64 references."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from service_helpers import (
     SAMPLE_SHAPES,
     assert_matches_reference,
     check_triton_config,
-    demo_params,
     running_server,
     sample_input,
 )
 from tritonclient.utils import InferenceServerException
 
 from normserve.kernels.dtypes import DATATYPES
-from normserve.service.demo import demo_models
 
 KINDS = sorted(SAMPLE_SHAPES)
 CASES = [(name, dt, binary) for name in KINDS for dt in DATATYPES for binary in (False, True)
@@ -92,19 +90,3 @@ def test_errors_surface_as_exceptions(client):
     with pytest.raises(InferenceServerException) as info:
         client.infer("no_such_model", [inp])
     assert info.value.status() == "404"
-
-
-def test_demo_repository_is_what_demo_py_writes():
-    """The shipped files hold one model of each kind with the deterministic parameters.
-
-    Bitwise on any machine: demo.py generates them with correctly rounded arithmetic only
-    (no BLAS, LAPACK or libm), so a regeneration anywhere writes the same bits."""
-    models = demo_models()
-    assert sorted(cfg["kind"] for cfg, _ in models.values()) == sorted(
-        ["batch_norm", "layer_norm", "rms_norm", "instance_norm", "group_norm", "weight_norm",
-         "spectral_norm"])
-    for name, (_, params) in models.items():
-        shipped = demo_params(name)
-        assert sorted(shipped) == sorted(params)
-        for key, value in params.items():
-            np.testing.assert_array_equal(shipped[key], value)
