@@ -1,6 +1,6 @@
 """Tensors in and out of gRPC ``ModelInferRequest``/``ModelInferResponse`` messages.
 
-The same checks as the HTTP codec (shared helpers: one input, outputs named ``output``, shape
+The same checks as the HTTP codec (``core.tensors``: one input, outputs named ``output``, shape
 limits before any allocation), for gRPC's two encodings: typed ``contents`` (FP32 and FP64
 only: protobuf has no half-precision field) and ``raw_input_contents``, whose bytes become a
 NumPy view without a copy. Answers always carry ``raw_output_contents``, as Triton's do.

@@ -31,7 +31,7 @@ client still sends for up to ``LINGER_S``, then close), so that a client still w
 request reads the answer rather than a connection reset.
 
 ``HttpProtocol`` (httptools' parser, what uvicorn's "auto" picks; ``H11Connection`` is the h11
-one) is what ``server.py`` passes to ``uvicorn.run(http=...)``. Limits come from
+one) is what ``service/server.py`` passes to ``uvicorn.run(http=...)``. Limits come from
 ``Settings.from_env()`` once per process (the environment carries them to every worker).
 """
 

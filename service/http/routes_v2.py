@@ -1,7 +1,7 @@
 """Open Inference Protocol v2 over HTTP (SPEC 4, 7): the HTTP transport of ``DataPlane``.
 
 Each route reads its request, asks the data plane and writes its answer; the data plane's
-``ApiError`` becomes the JSON error body in one place (``errors``).
+``ApiError`` becomes the JSON error body in one place (``http.errors``).
 """
 
 from __future__ import annotations
