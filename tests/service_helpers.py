@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +349,19 @@ def unique_input(client: int, j: int, shape: tuple[int, ...], dtype: type) -> np
     x = rng.standard_normal((rows, *shape)) * (1 + client) + j
     x.flat[0] = client * 1000 + j  # no two requests carry the same first value
     return x.astype(dtype)
+
+
+@contextlib.contextmanager
+def clients_running(client: Callable[[int], None], count: int,
+                    stop: threading.Event) -> Iterator[None]:
+    """``count`` threads running ``client(k)`` (each until ``stop`` is set) for the block;
+    then ``stop`` is set and every thread joined."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from service_helpers import decode_response, in_thread, infer_binary_body
+from service_helpers import clients_running, decode_response, in_thread, infer_binary_body
 from service_repository_cases import ADMIN, TOKEN, N, X, close, eventually, expected, rms, served
 from tritonclient.utils import InferenceServerException
 
@@ -126,10 +126,7 @@ def test_reloads_under_load_fail_no_request(app_factory, tmp_path):
                     failures.append("an answer matches neither version")
                 answered[0] += 1
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(32)]
-    for t in threads:
-        t.start()
-    try:
+    with clients_running(client, 32, stop):
         for i in range(20):
             scale = scales[(i + 1) % 2]
             resp = http.put("/v1/models/m", headers=ADMIN, json={
@@ -138,10 +135,6 @@ def test_reloads_under_load_fail_no_request(app_factory, tmp_path):
                                       "data": [scale] * N}}})
             assert resp.status_code == 200, resp.text
             time.sleep(0.05)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     assert not failures, failures[:5]
     assert answered[0] > 100
 
@@ -158,7 +151,7 @@ def test_delete_and_hand_edits_racing_inference(app_factory, tmp_path):
     codes: dict[int, int] = {}
     lock = threading.Lock()
 
-    def client() -> None:
+    def client(_: int) -> None:
         body, headers = infer_binary_body(X, "FP32")
         while not stop.is_set():
             resp = http.post("/v2/models/a/infer", content=body, headers=headers)
@@ -170,20 +163,13 @@ def test_delete_and_hand_edits_racing_inference(app_factory, tmp_path):
                 elif resp.status_code not in (404, 503) or "error" not in resp.json():
                     bad.append(f"{resp.status_code} {resp.text[:200]}")
 
-    threads = [threading.Thread(target=client) for _ in range(16)]
-    for t in threads:
-        t.start()
-    try:
+    with clients_running(client, 16, stop):
         rms(tmp_path / ".incoming", 3.0)
         os.rename(tmp_path / ".incoming", tmp_path / "b")
         eventually(lambda: close(served(http, "b"), expected(3.0)))
         time.sleep(0.5)
         assert http.delete("/v1/models/a", headers=ADMIN).status_code == 200
         time.sleep(0.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
     assert not bad, bad[:5]
     assert codes.get(200, 0) > 50 and codes.get(404, 0) > 0, codes
     assert close(served(http, "b"), expected(3.0))
