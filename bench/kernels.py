@@ -37,8 +37,7 @@ from numba import prange
 
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.cpu_jit import jit
-from normserve.kernels.kinds import Example, Kind, Sizes, kinds
-from normserve.kernels.kinds.registry import OnnxNode
+from normserve.kernels.kinds import Example, Kind, OnnxNode, Sizes, kinds
 
 FLUSH_BYTES = 256 << 20
 MODES = ("back-to-back", "idle")

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from . import batch_norm, grouped_norms, linears, row_norms  # noqa: F401 (they register)
 from .base import PreparedLayer
-from .registry import Example, Kind, Sizes, get, kinds, prepare
+from .registry import Benchmarks, Example, Kind, OnnxNode, Sizes, get, kinds, prepare
 
 #: Each kind's prepared-layer class, by name.
 KINDS: dict[str, type[PreparedLayer]] = {name: k.layer for name, k in kinds().items()}
 
-__all__ = ["KINDS", "Example", "Kind", "PreparedLayer", "Sizes", "get", "kinds", "prepare"]
+__all__ = ["KINDS", "Benchmarks", "Example", "Kind", "OnnxNode", "PreparedLayer", "Sizes", "get",
+           "kinds", "prepare"]

@@ -204,11 +204,9 @@ def _onnx_instance_norm(layer: InstanceNorm, params):
                     {"epsilon": layer.eps})
 
 
-def _benchmarks(groups: int) -> Benchmarks:
-    return Benchmarks(
-        cpu=(Sizes(batch=32, channels=256, groups=groups, spatial=(28, 28)),),
-        cuda=Sizes(batch=32, channels=256, groups=groups, spatial=(56, 56)),
-        cuda_quick=Sizes(batch=8, channels=256, groups=groups, spatial=(56, 56)))
+_BENCH = Benchmarks(cpu=(Sizes(batch=32, channels=256, groups=32, spatial=(28, 28)),),
+                    cuda=Sizes(batch=32, channels=256, groups=32, spatial=(56, 56)),
+                    cuda_quick=Sizes(batch=8, channels=256, groups=32, spatial=(56, 56)))
 
 
 register(Kind(
@@ -216,11 +214,11 @@ register(Kind(
     reference=lambda x, p, h: R.instance_norm(x, p.get("weight"), p.get("bias"),
                                               h.get("eps", 1e-5)),
     numpy_peer=_numpy_peer, torch_peer=_torch_instance_norm, onnx_peer=_onnx_instance_norm,
-    benchmarks=_benchmarks(groups=1)))
+    benchmarks=_BENCH))
 
 register(Kind(
     layer=GroupNorm, functional=group_norm, example=_example(grouped=True),
     reference=lambda x, p, h: R.group_norm(x, h["num_groups"], p.get("weight"), p.get("bias"),
                                            h.get("eps", 1e-5)),
     numpy_peer=_numpy_peer, torch_peer=_torch_group_norm, onnx_peer=_onnx_group_norm,
-    benchmarks=_benchmarks(groups=32)))
+    benchmarks=_BENCH))

@@ -21,11 +21,14 @@ SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 if not SIMULATED:
 
-    def test_simulator_suite() -> None:
-        """All the simulator tests below, in a child process with the simulator on."""
+    @pytest.mark.parametrize("marks", ["not slow", pytest.param("slow", marks=pytest.mark.slow)])
+    def test_simulator_suite(marks: str) -> None:
+        """The simulator tests below, in a child process with the simulator on: the benchmark
+        ones (slow) when this run selects slow tests, the others otherwise."""
         env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marks,
+             __file__],
             cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
             timeout=900, check=False)
         print(proc.stdout[-3000:])
@@ -197,10 +200,12 @@ else:
         x = random_input(case.shape, np.dtype(np.float32))
         assert_matches_reference(case, x, case.layer("cpu").apply(x))
 
+    @pytest.mark.slow
     def test_benchmark_refuses_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
         assert bench_cuda.main([]) != 0
         assert "GPU" in capsys.readouterr().err
 
+    @pytest.mark.slow
     def test_benchmark_cases_prepare_and_format() -> None:
         """The GPU benchmark cannot run here; its cases and table can be checked all the same."""
         rng = np.random.default_rng(0)
