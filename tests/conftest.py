@@ -1,9 +1,10 @@
-"""Fixtures shared by the test folders, written once: the compute executor, the service's
-Settings and its core Context without a transport, admin tokens, the demo and a temporary
-model repository, infer request builders, and the app in this process (sync: Starlette's
-TestClient; async: an ``httpx.AsyncClient`` over ``httpx.ASGITransport``), each with the app's
-lifespan run as uvicorn runs it. Real server processes are ``service_helpers.running_server``,
-for the tests where the process is the point (tests/service/process)."""
+"""Fixtures shared by the test folders, written once: the compute executor, the service's core
+Context (Settings, registry, metrics) without a transport, the admin token, the demo and a
+temporary model repository, and the app in this process (sync: Starlette's TestClient; async:
+an ``httpx.AsyncClient`` over ``httpx.ASGITransport``), each with the app's lifespan run as
+uvicorn runs it. Plain helpers (infer request builders, the oracle, ``in_process``,
+``in_thread``, and ``running_server``: a real server process, for the tests where the process
+is the point, tests/service/process) are in service_helpers.py."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
-from service_helpers import DEMO, InProcess, in_process, infer_binary_body, infer_json_body
+from service_helpers import DEMO, InProcess, in_process
 
 from normserve.service.app import create_app
 from normserve.service.settings import Settings
@@ -39,10 +39,6 @@ def admin_token() -> str:
     return ADMIN_TOKEN
 
 
-@pytest.fixture(scope="session")
-def admin_headers(admin_token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {admin_token}"}
-
 
 @pytest.fixture(scope="session")
 def demo_repository() -> Path:
@@ -57,15 +53,6 @@ def model_repository(tmp_path: Path) -> Path:
     root.mkdir()
     return root
 
-
-@pytest.fixture(scope="session")
-def service_settings() -> Callable[..., Settings]:
-    """Settings for a test app: no warm-up, no gRPC unless asked, any field overridden."""
-
-    def make(**fields: Any) -> Settings:
-        return Settings(**{"warmup": False, "grpc_port": 0, **fields})
-
-    return make
 
 
 @pytest.fixture
@@ -83,16 +70,6 @@ def make_context(executor: ThreadPoolExecutor) -> Callable[..., Any]:
     return make
 
 
-@pytest.fixture(scope="session")
-def json_infer_body() -> Callable[..., dict[str, Any]]:
-    """``(x, datatype, **extra)`` -> a JSON infer request body."""
-    return infer_json_body
-
-
-@pytest.fixture(scope="session")
-def binary_infer_body() -> Callable[..., tuple[bytes, dict[str, str]]]:
-    """``(x, datatype, binary_output=True)`` -> (body, headers) of the binary extension."""
-    return infer_binary_body
 
 
 @pytest.fixture
@@ -126,11 +103,3 @@ async def async_app_client(admin_token: str) -> AsyncIterator[httpx.AsyncClient]
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-
-
-@pytest.fixture
-def rows() -> Callable[..., np.ndarray]:
-    """``rows(name, count, datatype, seed)``: seeded input rows for a demo model."""
-    from service_helpers import sample_input
-
-    return sample_input

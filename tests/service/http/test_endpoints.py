@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 from service_helpers import (
-    DEMO,
     SAMPLE_SHAPES,
     assert_matches_reference,
     check_triton_config,
@@ -32,10 +31,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, demo_repository):
     """The demo models in a writable repository of the test's own (registration writes)."""
     repo = tmp_path_factory.mktemp("repo") / "models"
-    shutil.copytree(DEMO, repo)
+    shutil.copytree(demo_repository, repo)
     with in_process(model_repository=str(repo), admin_token=TOKEN) as app:
         yield app
 
@@ -186,30 +185,31 @@ def test_onnx_download(http):
         assert with_opset.status_code == 400 and "opset" in with_opset.json()["error"]
 
 
-def test_registration_is_off_without_a_token(app_factory, tmp_path):
-    save_model(tmp_path / "only", {"kind": "rms_norm", "normalized_shape": [4],
+def test_registration_is_off_without_a_token(app_factory, model_repository):
+    save_model(model_repository / "only", {"kind": "rms_norm", "normalized_shape": [4],
                                    "input_shape": [4]}, {})
-    http = app_factory(model_repository=str(tmp_path), admin_token=None).http
+    http = app_factory(model_repository=str(model_repository), admin_token=None).http
     resp = http.put("/v1/models/x", json={"kind": "rms_norm"}, headers=AUTH)
     assert resp.status_code == 403 and "disabled" in resp.json()["error"]
     assert http.delete("/v1/models/only", headers=AUTH).status_code == 403
 
 
-def test_broken_models_are_reported_and_skipped(app_factory, tmp_path):
-    save_model(tmp_path / "good", {"kind": "rms_norm", "normalized_shape": [4],
+def test_broken_models_are_reported_and_skipped(app_factory, model_repository):
+    save_model(model_repository / "good", {"kind": "rms_norm", "normalized_shape": [4],
                                    "input_shape": [4]}, {"weight": np.ones(4, np.float32)})
-    save_model(tmp_path / "bad name!", {"kind": "rms_norm", "normalized_shape": [4]}, {})
-    (tmp_path / "bad_json").mkdir()
-    (tmp_path / "bad_json" / "config.json").write_text("{not json")
-    save_model(tmp_path / "bad_field", {"kind": "layer_norm", "normalized_shape": [4],
+    save_model(model_repository / "bad name!", {"kind": "rms_norm", "normalized_shape": [4]}, {})
+    (model_repository / "bad_json").mkdir()
+    (model_repository / "bad_json" / "config.json").write_text("{not json")
+    save_model(model_repository / "bad_field", {"kind": "layer_norm", "normalized_shape": [4],
                                         "max_batch_size": -3}, {})
-    save_model(tmp_path / "bad_params", {"kind": "layer_norm", "normalized_shape": [4]},
+    save_model(model_repository / "bad_params", {"kind": "layer_norm", "normalized_shape": [4]},
                {"weight": np.ones(5, np.float32)})
-    (tmp_path / "pickled").mkdir()
-    (tmp_path / "pickled" / "config.json").write_text(json.dumps(
+    (model_repository / "pickled").mkdir()
+    (model_repository / "pickled" / "config.json").write_text(json.dumps(
         {"kind": "layer_norm", "normalized_shape": [2]}))
-    np.savez(tmp_path / "pickled" / "params.npz", weight=np.array([{"a": 1}, None], dtype=object))
-    http = app_factory(model_repository=str(tmp_path)).http
+    np.savez(model_repository / "pickled" / "params.npz",
+             weight=np.array([{"a": 1}, None], dtype=object))
+    http = app_factory(model_repository=str(model_repository)).http
     listed = http.get("/v1/models").json()
     assert [m["name"] for m in listed["models"]] == ["good"]
     errors = {s["name"]: s["error"] for s in listed["skipped"]}

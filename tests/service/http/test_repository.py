@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from service_helpers import DEMO, in_process
+from service_helpers import in_process
 from service_repository_cases import (
     REPO_AUTH,
     REPO_TOKEN,
@@ -24,13 +24,13 @@ from normserve.kernels import reference
 from normserve.repository import load_model, save_model
 
 
-def test_demo_repository_cannot_be_changed(app_factory):
+def test_demo_repository_cannot_be_changed(app_factory, demo_repository):
     http = app_factory(admin_token=REPO_TOKEN).http
     resp = put_rms(http, "m", np.ones(8))
     assert resp.status_code == 409 and "--model-repository" in resp.json()["error"]
     resp = http.delete("/v1/models/rms_norm_512", headers=REPO_AUTH)
     assert resp.status_code == 409
-    assert (DEMO / "rms_norm_512" / "config.json").is_file()
+    assert (demo_repository / "rms_norm_512" / "config.json").is_file()
 
 
 @pytest.fixture
@@ -64,10 +64,10 @@ def test_full_repository_refuses_and_changes_nothing(small_tmpfs):
     assert after == before
 
 
-def test_concurrent_registrations_of_one_name(app_factory, tmp_path):
+def test_concurrent_registrations_of_one_name(app_factory, model_repository):
     """Eight PUTs of one name at once: each gets its own answer, and the model served and
     the folder on disk are one of them, whole."""
-    http = app_factory(model_repository=str(tmp_path), admin_token=REPO_TOKEN).http
+    http = app_factory(model_repository=str(model_repository), admin_token=REPO_TOKEN).http
     weights = [np.full(8, float(k + 1)) for k in range(8)]
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(lambda w: put_rms(http, "m", w).status_code, weights))
@@ -76,5 +76,5 @@ def test_concurrent_registrations_of_one_name(app_factory, tmp_path):
     matches = [k for k, w in enumerate(weights)
                if np.allclose(served, reference.rms_norm(REPO_X, [8], w), rtol=1e-5, atol=1e-6)]
     assert len(matches) == 1
-    on_disk = load_model(tmp_path / "m")[1].params["weight"]
+    on_disk = load_model(model_repository / "m")[1].params["weight"]
     np.testing.assert_array_equal(on_disk, weights[matches[0]])

@@ -11,7 +11,6 @@ import httpx
 import numpy as np
 import pytest
 from service_helpers import (
-    DEMO,
     ROOT,
     assert_matches_reference,
     decode_response,
@@ -31,11 +30,11 @@ def _tensor(a: np.ndarray, datatype: str = "FP32") -> dict:
             "data": a.astype(np.float64).ravel().tolist()}
 
 
-def test_two_workers_act_as_one_server(tmp_path):
+def test_two_workers_act_as_one_server(demo_repository, tmp_path):
     """--workers 2: a registration reaches both workers before it is acknowledged (40 fresh
     connections, spread over the workers by the kernel, all get the new model), a removal
     too, and every /metrics scrape reads the exact total of successful requests."""
-    shutil.copytree(DEMO, tmp_path / "models")
+    shutil.copytree(demo_repository, tmp_path / "models")
     with running_server("--workers", "2", "--admin-token", TOKEN, "--model-repository",
                         str(tmp_path / "models")) as srv:
         successes = 0
