@@ -25,6 +25,7 @@ from ..devices import backend_for, resolve_device
 
 Params = Mapping[str, Any]
 _MAX_CAST_ENTRIES = 32
+#: Machine epsilon per accumulation dtype: torch's default RMSNorm eps.
 MACHINE_EPS = {dt: float(np.finfo(dt).eps) for dt in set(dtypes.COMPUTE.values())}
 
 
