@@ -39,7 +39,6 @@ def admin_token() -> str:
     return ADMIN_TOKEN
 
 
-
 @pytest.fixture(scope="session")
 def demo_repository() -> Path:
     """The demo repository shipped in the package (read-only: never write into it)."""
@@ -52,7 +51,6 @@ def model_repository(tmp_path: Path) -> Path:
     root = tmp_path / "models"
     root.mkdir()
     return root
-
 
 
 @pytest.fixture
@@ -68,8 +66,6 @@ def make_context(executor: ThreadPoolExecutor) -> Callable[..., Any]:
                        registry, executor)
 
     return make
-
-
 
 
 @pytest.fixture

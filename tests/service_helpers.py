@@ -1,8 +1,9 @@
 """Shared helpers of the service tests: the app in this process (``in_process``: Starlette's
-TestClient, the app's lifespan run, and gRPC on a free loopback port when asked), a real
-normserve server in a subprocess on a free loopback port (``running_server``: only where the
-process is the point), the demo models' parameters, and float64 reference outputs (the
-oracle)."""
+TestClient, the app's lifespan run, and gRPC on a free loopback port when asked;
+``in_thread``: uvicorn serving it on a loopback socket from a thread, for clients that need a
+socket), a real normserve server in a subprocess on a free loopback port (``running_server``:
+only where the process is the point), infer request builders, the demo models' parameters,
+and float64 reference outputs (the oracle)."""
 
 from __future__ import annotations
 
