@@ -31,10 +31,7 @@ class Model:
         return tuple(self.layer.sample_shape or ())
 
     def output_sample_shape(self) -> list[int]:
-        example = tuple(1 if d == -1 else d for d in self.sample_shape)
-        out = self.layer.output_shape((1, *example))[1:]
-        return [-1 if d == -1 else o for d, o in zip(self.sample_shape, out, strict=False)] + \
-            list(out[len(self.sample_shape):])
+        return list(self.layer.sample_output_shape(self.sample_shape))
 
     def check_input(self, shape: tuple[int, ...], field_name: str) -> None:
         """A 400 unless ``shape`` is a non-empty batch of this model's per-sample shape."""
