@@ -17,7 +17,6 @@ requests, and each call pays for waking its pool.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
@@ -35,6 +34,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from normserve.bench.extra import require
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.cpu_jit import jit
 from normserve.kernels.kinds import Example, Kind, OnnxNode, Sizes, kinds
@@ -279,26 +279,8 @@ def _set_threads(n: int) -> None:
         pass
 
 
-#: What the ``bench`` extra installs, by import name.
-BENCH_EXTRA = ("torch", "threadpoolctl", "psutil")
-
-
-def missing_extra() -> list[str]:
-    """The ``bench`` extra's modules that cannot be imported here."""
-    missing = []
-    for name in BENCH_EXTRA:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    return missing
-
-
 def main(argv: list[str] | None = None) -> int:
-    missing = missing_extra()
-    if missing:  # a plain install: say what to install, never a traceback
-        print(f"normserve bench needs the bench extra (missing: {', '.join(missing)}): "
-              "pip install 'normserve[bench]'", file=sys.stderr)
+    if not require("normserve bench"):
         return 2
     ap = argparse.ArgumentParser(prog="normserve bench", description=__doc__)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",

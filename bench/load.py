@@ -49,10 +49,10 @@ from typing import NamedTuple
 
 import numpy as np
 import orjson
-import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from .extra import require
 from .load_peers import MODEL, PEERS, PeerMissing, installed, reference, write_params
 
 PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
@@ -191,6 +191,8 @@ async def _read_chunks(reader: asyncio.StreamReader, head: bytes) -> None:
 def server_cpu_s(pids: Sequence[int]) -> float:
     """CPU seconds (user + system) used so far by the processes ``pids`` and their children
     (uvicorn's workers, Triton's backend stubs); processes gone meanwhile count no more."""
+    import psutil  # the bench extra's: main says so when it is missing
+
     total = 0.0
     for pid in pids:
         with contextlib.suppress(psutil.Error):
@@ -1076,6 +1078,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not require("python -m normserve.bench.load", ("psutil",)):
+        return 2
     args = parse_args(argv)
     rows = run(args)
     text = (f"Load benchmark (`python -m normserve.bench.load`), {os.cpu_count()} CPU(s), "
