@@ -12,6 +12,8 @@ import pytest
 from normserve.bench import kernels as bench
 
 CASE = "rms_norm 256x4096"
+
+
 @pytest.mark.slow
 def test_normserve_columns_agree_bitwise():
     pytest.importorskip("torch")
