@@ -129,6 +129,10 @@ class PreparedLayer(ABC):
     param_names: ClassVar[frozenset[str]]
     #: The per-sample shape a layer fixes (``-1`` for a free dimension), or None.
     sample_shape: tuple[int, ...] | None = None
+    #: The tensors a forward pass reads and writes, in order, as a served model names them.
+    #: Every output has the per-sample shape ``sample_output_shape`` gives.
+    input_names: ClassVar[tuple[str, ...]] = ("input",)
+    output_names: ClassVar[tuple[str, ...]] = ("output",)
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = resolve_device(device)
@@ -196,6 +200,12 @@ class PreparedLayer(ABC):
     def apply(self, x: Any, out: Any = None) -> Any:
         """The forward pass on ``x`` (batch axis first), into ``out`` when given."""
         return self._backend.apply(self, x, out)
+
+    def apply_all(self, inputs: Sequence[Any], outs: Sequence[Any] | None = None
+                  ) -> tuple[Any, ...]:
+        """The forward pass on ``input_names``' arrays, into ``outs`` (one per output name)
+        when given: the one call a caller that serves every kind (the service) makes."""
+        return (self.apply(inputs[0], None if outs is None else outs[0]),)
 
     def __call__(self, x: Any, out: Any = None) -> Any:
         return self.apply(x, out)
