@@ -20,7 +20,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from ..core.calls import InferCall
 from ..core.dataplane import DataPlane
-from ..core.errors import ApiError
+from ..core.errors import ApiError, ModelNotFound
 from .codec import decode_request, encode_response, parameters
 from .errors import status_code
 
@@ -73,8 +73,13 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc
     async def ModelReady(self, request, context):
-        return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name, request.version)
-                                     is None)
+        # A model not served (unknown, unloaded, or a version not served) is not ready, as
+        # Triton answers it: tritonclient's is_model_ready() then returns False, not raises.
+        try:
+            return pb.ModelReadyResponse(ready=self.dp.model_ready(request.name,
+                                                                   request.version) is None)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
 
     @_rpc
     async def ServerMetadata(self, request, context):
