@@ -1,0 +1,40 @@
+"""The linear layers' GEMM across its tile and k-block edges: each row's result is the same
+bits alone as in any batch, and within tolerance of float64."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from normserve.kernels import cpu_gemm
+
+ROWS = cpu_gemm.TILE_ROWS[4]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+@pytest.mark.parametrize(("k_in", "n_out"), [
+    (1, 1),
+    (cpu_gemm.K_BLOCK - 1, cpu_gemm.TILE_COLS + 1),
+    (2 * cpu_gemm.K_BLOCK + 3, 2 * cpu_gemm.TILE_COLS - 1),
+])
+def test_rows_alone_equal_rows_in_batches(dtype, k_in, n_out):
+    rng = np.random.default_rng(k_in)
+    rows = 2 * ROWS + 3  # two full tiles and a short one
+    x = rng.standard_normal((rows, k_in)).astype(dtype)
+    w = rng.standard_normal((n_out, k_in)).astype(dtype)
+    bias = rng.standard_normal(n_out).astype(dtype)
+    packed = cpu_gemm.pack_weight(w)
+
+    def run(xs: np.ndarray) -> np.ndarray:
+        out = np.full((xs.shape[0], n_out), np.nan, dtype)
+        cpu_gemm.gemm(xs, packed, bias, out)
+        return out
+
+    full = run(x)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    # A chain of k FMAs errs by at most about k unit roundoffs of the sum of |products|.
+    bound = (k_in + 1) * np.finfo(dtype).eps * (np.abs(x64) @ np.abs(w64).T + np.abs(bias))
+    assert np.all(np.abs(full - (x64 @ w64.T + bias)) <= bound)
+    for i in (0, ROWS - 1, ROWS, rows - 1):
+        np.testing.assert_array_equal(run(x[i : i + 1]), full[i : i + 1])
+    np.testing.assert_array_equal(run(x[1 : ROWS + 2]), full[1 : ROWS + 2])
