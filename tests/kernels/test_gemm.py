@@ -3,6 +3,10 @@ bits alone as in any batch, and within tolerance of float64."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -38,3 +42,28 @@ def test_rows_alone_equal_rows_in_batches(dtype, k_in, n_out):
     for i in (0, ROWS - 1, ROWS, rows - 1):
         np.testing.assert_array_equal(run(x[i : i + 1]), full[i : i + 1])
     np.testing.assert_array_equal(run(x[1 : ROWS + 2]), full[1 : ROWS + 2])
+
+
+_PROBE = """
+import numpy as np, sys
+from normserve.kernels import cpu_gemm
+rng = np.random.default_rng(5)
+x = rng.standard_normal((29, 700)).astype(np.float32)
+w = rng.standard_normal((45, 700)).astype(np.float32)
+out = np.empty((29, 45), np.float32)
+cpu_gemm.gemm(x, cpu_gemm.pack_weight(w), np.zeros(45, np.float32), out)
+sys.stdout.write(f"{cpu_gemm.TILE_COLS} {out.tobytes().hex()}")
+"""
+
+
+def test_every_vector_width_gives_the_same_bits(tmp_path):
+    """AVX2's tiles (haswell) and the host's compute each output by the same chain."""
+    runs = []
+    for cpu in ("haswell", "host"):
+        env = {**os.environ, "NUMBA_CPU_NAME": cpu, "NUMBA_CACHE_DIR": str(tmp_path / cpu)}
+        proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                              env=env, timeout=300, check=True)
+        runs.append(proc.stdout.split())
+    (haswell_cols, haswell), (_, host) = runs
+    assert haswell_cols == "16"
+    assert haswell == host
