@@ -222,7 +222,8 @@ register(Kind(
                                                    p.get("bias"), h.get("dim", 0)),
     folded_reference=_folded,
     numpy_peer=_numpy_peer, torch_peer=_torch_peer, onnx_peer=_onnx_peer,
-    benchmarks=Benchmarks(cpu=(Sizes(batch=4096, in_features=1024, out_features=1024),),
+    benchmarks=Benchmarks(cpu=(Sizes(batch=4096, in_features=1024, out_features=1024),
+                               Sizes(batch=256, in_features=4096, out_features=4096)),
                           cuda=_CUDA, cuda_quick=_CUDA_QUICK, gemm=True)))
 
 register(Kind(
