@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import numpy as np
 from numba import prange
 
 from normserve.bench.extra import require
+from normserve.bench.machine import describe
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.cpu_jit import jit
 from normserve.kernels.kinds import Example, Kind, OnnxNode, Sizes, kinds
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     cores = numba.config.NUMBA_NUM_THREADS
     threads = args.threads or sorted({1, cores})
-    print(f"# normserve bench: {platform.processor() or platform.machine()}, {cores} cores, "
+    print(f"# normserve bench: {describe()}; Numba pool {cores} threads, "
           f"numba {numba.__version__}, numpy {np.__version__}", flush=True)
     rows: list[dict[str, Any]] = []
     for t in threads:

@@ -54,6 +54,7 @@ from fastapi.responses import Response
 
 from .extra import require
 from .load_peers import MODEL, PEERS, PeerMissing, installed, reference, write_params
+from .machine import describe
 
 PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
 #: mode -> the protocol column of the table (the HTTP labels are the ones of earlier runs).
@@ -1082,7 +1083,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parse_args(argv)
     rows = run(args)
-    text = (f"Load benchmark (`python -m normserve.bench.load`), {os.cpu_count()} CPU(s), "
+    text = (f"Load benchmark (`python -m normserve.bench.load`) on {describe()}, "
             f"{args.duration:g} s per cell, load generator on the same machine.\n\n"
             + table(rows) + "\n\n" + "\n".join(targets(rows)) + "\n"
             + "".join(f"\nSkipped: {why}\n" for why in getattr(args, "skipped", [])))
