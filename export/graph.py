@@ -28,6 +28,12 @@ class GraphBuilder:
         self._used: dict[str, int] = {}
         #: What the builders emitted: "native" operators and/or "stable" decompositions.
         self.used_forms: set[str] = set()
+        #: The element type of the graph's inputs and outputs (it computes in FP32).
+        self.io_type = FLOAT
+        #: Emit ONNX Runtime's fused contrib operators where a kind has one.
+        self.ort_fused = False
+        #: Operator domains besides the standard one the nodes use.
+        self.domains: set[str] = set()
 
     def fresh(self, prefix: str) -> str:
         """A name not used before in this graph."""
@@ -55,6 +61,17 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out],
                                            name=self.fresh(f"{out}_node"), **attrs))
         return out
+
+    def multi(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str | None],
+              domain: str = "", **attrs: Any) -> list[str]:
+        """Append a node of several outputs (None for one left unused, named ""); return the
+        names given to the used ones."""
+        names = ["" if o is None else self.fresh(o) for o in outputs]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, domain=domain or None,
+                                           name=self.fresh(f"{op_type.lower()}_node"), **attrs))
+        if domain:
+            self.domains.add(domain)
+        return [n for n in names if n]
 
     def cast(self, x: str, elem_type: int, name: str = "cast") -> str:
         return self.op("Cast", [x], name, to=elem_type)

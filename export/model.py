@@ -47,11 +47,16 @@ def _value_info(name: str, elem_type: int, dims: tuple[int, ...]) -> onnx.ValueI
 
 
 def to_onnx(layer, opset: int | None = None, *, dtype: str = "fp32", form: str = "auto",
-            input_shape: Sequence[int] | None = None, check: bool = True) -> onnx.ModelProto:
-    """The layer as an ONNX model named ``input`` -> ``output``, batch axis dynamic.
+            input_shape: Sequence[int] | None = None, check: bool = True,
+            ort_fused: bool = False) -> onnx.ModelProto:
+    """The layer as an ONNX model from its ``input_names`` to its ``output_names`` (``input``
+    -> ``output`` for a one-input kind), batch axis dynamic.
 
     ``form`` picks native operators or the stable two-pass decomposition (see
-    ``export.builders``); ``check`` runs the full checker and strict shape inference.
+    ``export.builders``); ``ort_fused`` emits ONNX Runtime's fused ``com.microsoft``
+    operators where a kind has one (the fused norms' SkipLayerNormalization family): such a
+    graph runs in ONNX Runtime only. ``check`` runs the full checker and strict shape
+    inference.
     """
     opset = check_opset(opset, layer.kind)
     if dtype not in DTYPES:
@@ -62,23 +67,31 @@ def to_onnx(layer, opset: int | None = None, *, dtype: str = "fp32", form: str =
     io_type = DTYPES[dtype]
 
     g = GraphBuilder(opset)
-    x = INPUT_NAME if io_type == FLOAT else g.cast(INPUT_NAME, FLOAT, "input32")
-    y = builder_for(layer.kind)(g, layer, x, len(dims) + 1, form)
-    g.nodes.append(helper.make_node("Cast" if io_type != FLOAT else "Identity", [y],
-                                    [OUTPUT_NAME], name="output_node",
-                                    **({"to": io_type} if io_type != FLOAT else {})))
+    g.io_type, g.ort_fused = io_type, ort_fused
+    xs = [name if io_type == FLOAT else g.cast(name, FLOAT, f"{name}32")
+          for name in layer.input_names]
+    ys = builder_for(layer.kind)(g, layer, xs[0] if len(xs) == 1 else tuple(xs),
+                                 len(dims) + 1, form)
+    ys = (ys,) if isinstance(ys, str) else tuple(ys)
+    for y, name in zip(ys, layer.output_names, strict=True):
+        g.nodes.append(helper.make_node("Cast" if io_type != FLOAT else "Identity", [y],
+                                        [name], name=f"{name}_node",
+                                        **({"to": io_type} if io_type != FLOAT else {})))
+    out_dims = layer.sample_output_shape(dims)
     graph = helper.make_graph(
         g.nodes, f"normserve_{layer.kind}",
-        [_value_info(INPUT_NAME, io_type, dims)],
-        [_value_info(OUTPUT_NAME, io_type, layer.sample_output_shape(dims))],
+        [_value_info(name, io_type, dims) for name in layer.input_names],
+        [_value_info(name, io_type, out_dims) for name in layer.output_names],
         initializer=g.initializers,
     )
-    opset_ids = [helper.make_opsetid("", opset)]
+    opset_ids = [helper.make_opsetid("", opset),
+                 *(helper.make_opsetid(d, 1) for d in sorted(g.domains))]
     model = helper.make_model(graph, opset_imports=opset_ids, producer_name="normserve",
-                              ir_version=helper.find_min_ir_version_for(opset_ids))
+                              ir_version=helper.find_min_ir_version_for(opset_ids, True))
     model.doc_string = f"normserve {layer.kind} ({form} form, {dtype})"
     helper.set_model_props(model, {"kind": layer.kind, "form": form, "dtype": dtype,
                                    "graph_form": "+".join(sorted(g.used_forms)),
+                                   "ort_fused": json.dumps(bool(g.domains)),
                                    "hyper": json.dumps(layer.hyper, default=str)})
     if check:
         check_model(model)

@@ -6,6 +6,8 @@ exporters keep a prepared layer (``prepare``) and apply it many times.
 
 from .devices import cuda_available
 from .functional import (
+    add_layer_norm,
+    add_rms_norm,
     batch_norm,
     group_norm,
     instance_norm,
@@ -20,6 +22,8 @@ from .kinds import KINDS, PreparedLayer, prepare
 __all__ = [
     "KINDS",
     "PreparedLayer",
+    "add_layer_norm",
+    "add_rms_norm",
     "batch_norm",
     "cuda_available",
     "group_norm",

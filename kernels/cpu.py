@@ -23,7 +23,7 @@ from numba import prange
 
 from . import cpu_gemm, dtypes
 from .buffers import POOL
-from .checks import host_output
+from .checks import check_residual, host_output
 from .cpu_jit import jit, threaded_kernel
 
 _REDUCE = {"reassoc", "contract", "nsz", "arcp"}
@@ -150,6 +150,34 @@ def channel_affine(x, out, scale, shift):
                 dst[s] = src[s] * a + b
 
 
+# The fused norms run the row-norm kernel itself on each summed row (its serial variant, one
+# row at a time): a row's result never depends on its batch, so ``y`` is bitwise the unfused
+# norm of ``h``, whatever that kernel becomes.
+_norm_rows = row_norm.serial
+
+
+@threaded_kernel(**_OPTS)
+def add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
+    """``h = x + residual (+ skip)`` in the data's dtype, then ``row_norm`` of each ``h`` row
+    while it is still in cache: x and residual read once, h and out written once.
+
+    ``h``/``out`` may be ``residual``/``x`` themselves: every element is read before it is
+    written, at the same index. ``has_skip`` (not adding zeros) keeps ``-0 + -0`` at ``-0``.
+    """
+    rows, n = x.shape
+    for r in prange(rows):
+        src = x[r]
+        res = residual[r]
+        dst = h[r]
+        if has_skip:
+            for j in range(n):
+                dst[j] = (src[j] + res[j]) + skip[j]
+        else:
+            for j in range(n):
+                dst[j] = src[j] + res[j]
+        _norm_rows(h[r : r + 1], out[r : r + 1], weight, bias, eps, center)
+
+
 # The linear layers: a register-tiled, batch-invariant GEMM reading packed weight panels.
 linear = cpu_gemm.gemm
 linear_weight = cpu_gemm.pack_weight
@@ -178,6 +206,33 @@ def apply(layer, x, out=None):
     if oc is not out:
         np.copyto(out, oc, casting="unsafe")
     return out
+
+
+def apply_add(layer, x, residual, out=None, residual_out=None):
+    """Run a fused (residual add + norm) layer on NumPy arrays: ``(out, residual_out)``.
+
+    FP32/FP64 run the fused kernel; FP16/BF16, which Numba's CPU target cannot round to,
+    sum and round ``h`` in NumPy and run the unfused kernel on it (the same maths).
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a NumPy array on device='cpu', got {type(x).__name__}")
+    if not isinstance(residual, np.ndarray):
+        raise TypeError("residual must be a NumPy array on device='cpu', got "
+                        f"{type(residual).__name__}")
+    check_residual(x, residual)
+    out = host_output(layer, x, out, POOL.empty)
+    residual_out = host_output(layer, x, residual_out, POOL.empty, "residual_out")
+    if np.may_share_memory(out, residual_out):
+        raise ValueError("out and residual_out must be different arrays")
+    if x.size == 0:
+        return out, residual_out
+    dt = out.dtype
+    if dt != dtypes.COMPUTE[dt]:
+        layer.add_on_host(x, residual, residual_out)
+        return apply(layer, residual_out, out), residual_out
+    xc, rc = (np.ascontiguousarray(a) for a in (x, residual))
+    layer._run_add(_BACKEND, xc, rc, residual_out, out, layer._params_for(dt, x.shape))
+    return out, residual_out
 
 
 _BACKEND = sys.modules[__name__]  # what layers call their kernels through

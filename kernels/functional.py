@@ -13,6 +13,7 @@ from typing import Any
 
 from .kinds import kinds
 from .kinds.batch_norm import batch_norm
+from .kinds.fused_norms import add_layer_norm, add_rms_norm
 from .kinds.grouped_norms import group_norm, instance_norm
 from .kinds.linears import spectral_norm_linear, spectral_sigma, weight_norm_linear
 from .kinds.row_norms import layer_norm, rms_norm
@@ -22,6 +23,8 @@ BY_KIND: dict[str, Callable[..., Any]] = {name: k.functional for name, k in kind
 
 __all__ = [
     "BY_KIND",
+    "add_layer_norm",
+    "add_rms_norm",
     "batch_norm",
     "group_norm",
     "instance_norm",

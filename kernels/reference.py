@@ -26,15 +26,35 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5) -> np.ndar
     return y
 
 
-def rms_norm(x, normalized_shape, weight=None, eps=None) -> np.ndarray:
+def rms_norm(x, normalized_shape, weight=None, eps=None, offset=0.0) -> np.ndarray:
+    """``x / rms(x) * (offset + weight)``, the weight taken as ones when absent."""
     if eps is None:
         eps = np.finfo(np.float64 if np.asarray(x).dtype == np.float64 else np.float32).eps
     x = _f64(x)
     axes = tuple(range(x.ndim - len(tuple(normalized_shape)), x.ndim))
     y = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + eps)
-    if weight is not None:
-        y = y * _f64(weight)
-    return y
+    scale = 1.0 if weight is None else _f64(weight)
+    return y * (offset + scale) if offset or weight is not None else y
+
+
+def _residual_sum(x, residual, skip_bias=None) -> np.ndarray:
+    h = _f64(x) + _f64(residual)
+    return h if skip_bias is None else h + _f64(skip_bias)
+
+
+def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, offset=0.0):
+    """(rms_norm(x + residual), x + residual), in float64 (eps from ``x``'s dtype)."""
+    if eps is None:
+        eps = np.finfo(np.float64 if np.asarray(x).dtype == np.float64 else np.float32).eps
+    h = _residual_sum(x, residual)
+    return rms_norm(h, normalized_shape, weight, eps, offset), h
+
+
+def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, skip_bias=None,
+                   eps=1e-5):
+    """(layer_norm(x + residual + skip_bias), x + residual + skip_bias), in float64."""
+    h = _residual_sum(x, residual, skip_bias)
+    return layer_norm(h, normalized_shape, weight, bias, eps), h
 
 
 def _per_channel(p: np.ndarray, ndim: int) -> np.ndarray:

@@ -36,6 +36,11 @@ MODELS: dict[str, tuple[str, Sizes, dict[str, Any], dict[str, int]]] = {
                           _BATCHING),
     "spectral_norm_64x32": ("spectral_norm", Sizes(in_features=64, out_features=32), {},
                             _BATCHING),
+    # Appended (the draws run in this order): a transformer block's add + norm, and Gemma's
+    # RMSNorm, whose scale is 1 + weight.
+    "add_rms_norm_512": ("add_rms_norm", Sizes(features=512), {}, _BATCHING),
+    "add_layer_norm_256": ("add_layer_norm", Sizes(features=256), {"eps": 1e-5}, _BATCHING),
+    "gemma_rms_norm_256": ("rms_norm", Sizes(features=256), {"offset": 1.0}, _BATCHING),
 }
 
 

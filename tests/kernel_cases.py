@@ -12,6 +12,10 @@ from normserve.kernels.kinds import Sizes, kinds
 from normserve.kernels.oracle import TOLERANCES, reference
 
 DTYPES = list(TOLERANCES)
+#: The kinds of one input and one output, which the generic kernel tests drive; the fused
+#: kinds (two of each) have their own tests (tests/kernels/test_fused*.py).
+ONE_INPUT_KINDS = sorted(name for name, kind in kinds().items()
+                         if len(kind.layer.input_names) == 1)
 
 
 @dataclass

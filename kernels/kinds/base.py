@@ -95,6 +95,15 @@ def positive_float(value: Any, name: str) -> float:
     return value
 
 
+def finite_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
 def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -178,12 +187,18 @@ class PreparedLayer(ABC):
         key = (dtype, self._shape_key(shape))
         cached = self._cast.get(key)
         if cached is None:
-            cached = {name: self._backend.to_device(_as_kernel_array(value, dtype))
-                      for name, value in self._kernel_params(shape).items()}
+            cached = {name: self._backend.to_device(value)
+                      for name, value in self._cast_params(dtype, shape).items()}
             if len(self._cast) >= _MAX_CAST_ENTRIES:  # free-channel layers: stay bounded
                 self._cast.clear()
             self._cast[key] = cached
         return cached
+
+    def _cast_params(self, dtype: np.dtype, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """The kernel parameters as C-contiguous ``dtype`` arrays on the host (a layer whose
+        folding must round in the compute dtype, as RMSNorm's offset does, overrides it)."""
+        return {name: _as_kernel_array(value, dtype)
+                for name, value in self._kernel_params(shape).items()}
 
     def _shape_key(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """The part of an input shape the kernel parameters depend on (none, by default)."""
@@ -218,7 +233,7 @@ class PreparedLayer(ABC):
         big = -(-parallel_min_work() // max(1, self.work((1, *shape)))) + 1
         for rows in (2, big):
             for dt in dtype_list:
-                self.apply(np.zeros((rows, *shape), dtype=dt))
+                self.apply_all([np.zeros((rows, *shape), dtype=dt) for _ in self.input_names])
 
     def example_shape(self) -> tuple[int, ...]:
         """A per-sample shape this layer accepts (used for warm-up and export checks)."""

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 Params = Mapping[str, Any]
 Hyper = Mapping[str, Any]
 #: A float64 forward pass from (x, parameters, hyper-parameters): a ``kernels.reference`` call.
-Rule = Callable[[np.ndarray, Params, Hyper], np.ndarray]
+#: For a kind of several inputs (``PreparedLayer.input_names``), ``x`` is the tuple of its
+#: inputs and the rule returns the tuple of its outputs; so do the peers below.
+Rule = Callable[[Any, Params, Hyper], Any]
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,17 @@ class Example:
 
 @dataclass(frozen=True)
 class OnnxNode:
-    """One standard ONNX operator computing a kind: ONNX Runtime's entry in the CPU benchmark
-    (the exporter builds its own graphs). ``inputs`` follow the data input, in order."""
+    """One ONNX operator computing a kind: ONNX Runtime's entry in the CPU benchmark (the
+    exporter builds its own graphs). ``inputs`` follow the data inputs, in order;
+    ``outputs`` name the node's outputs ("" for one left unused), ``domain`` its operator set
+    (ONNX Runtime's fused contrib operators are ``com.microsoft``)."""
 
     op: str
     inputs: dict[str, np.ndarray]
     attrs: dict[str, Any] = field(default_factory=dict)
     opset: int = 21
+    domain: str = ""
+    outputs: tuple[str, ...] = ("output",)
 
 
 @dataclass(frozen=True)

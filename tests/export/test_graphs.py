@@ -7,12 +7,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from export_cases import layer
+from kernel_cases import ONE_INPUT_KINDS
 
 from normserve import export, kernels
 from normserve.export.parity import check_parity
 from normserve.kernels.oracle import assert_close, reference_for, tolerance
 
-KINDS = sorted(kernels.KINDS)
+KINDS = ONE_INPUT_KINDS  # the fused kinds: test_fused*.py
 OPSETS = [17, export.default_opset()]
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pytest
-from kernel_cases import DTYPES, make_case, sample_input
+from kernel_cases import DTYPES, ONE_INPUT_KINDS, make_case, sample_input
 
 from normserve import kernels
 from normserve.kernels import cpu, cpu_jit
 from normserve.kernels import reference as R
 from normserve.kernels.oracle import LARGE_OFFSET_TOLERANCE, assert_close
 
-KINDS = sorted(kernels.KINDS)
+KINDS = ONE_INPUT_KINDS  # the fused kinds: test_fused*.py
 FEATURES = [1, 3, 1023, 4097]
 
 

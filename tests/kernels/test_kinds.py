@@ -25,10 +25,18 @@ KINDS = sorted(kinds())
 
 
 def _example(name: str):
+    """The kind's example layer and its inputs: one array, or the tuple of a kind's several
+    inputs (the convention of the references and peers)."""
     example = kinds()[name].example(np.random.default_rng(0), Sizes(), True)
     layer = kernels.prepare(name, example.params, **example.hyper)
-    x = np.random.default_rng(1).standard_normal(example.shape(3)).astype(np.float32)
-    return example, layer, x
+    rng = np.random.default_rng(1)
+    xs = tuple(rng.standard_normal(example.shape(3)).astype(np.float32)
+               for _ in layer.input_names)
+    return example, layer, xs[0] if len(xs) == 1 else xs
+
+
+def _outputs(ys) -> tuple:
+    return ys if isinstance(ys, tuple) else (ys,)
 
 
 def test_every_table_has_every_kind():
@@ -45,14 +53,21 @@ def test_declaration_is_complete(name):
     assert example.params and set(example.params) <= kind.param_names
     assert len(example.input_shape) == len(example.sample)
     assert all(d in (s, -1) for d, s in zip(example.input_shape, example.sample, strict=True))
-    y = layer.apply(x)
-    assert y.shape[1:] == layer.sample_output_shape(example.sample)
-    assert kind.functional(x, **example.params, **example.hyper).tobytes() == y.tobytes()
-    assert_close(y, reference(name, x, example.params, example.hyper), np.float32)
-    assert_close(y, reference_for(layer, x), np.float32)
-    np.testing.assert_allclose(kind.numpy_peer(layer, x)(), y, rtol=1e-5, atol=1e-5)
+    xs = _outputs(x)
+    ys = layer.apply_all(xs)
+    assert len(ys) == len(layer.output_names) and len(xs) == len(layer.input_names)
+    functional = _outputs(kind.functional(*xs, **example.params, **example.hyper))
+    exact = _outputs(reference(name, x, example.params, example.hyper))
+    prepared = _outputs(reference_for(layer, x))
+    numpy_peer = _outputs(kind.numpy_peer(layer, x)())
+    for i, y in enumerate(ys):
+        assert y.shape[1:] == layer.sample_output_shape(example.sample)
+        assert functional[i].tobytes() == y.tobytes()
+        assert_close(y, exact[i], np.float32)
+        assert_close(y, prepared[i], np.float32)
+        np.testing.assert_allclose(numpy_peer[i], y, rtol=1e-5, atol=1e-5)
     node = kind.onnx_peer(layer, example.params)
-    assert node.op and node.opset >= 17
+    assert node.op and node.opset >= 17 and len(node.outputs) >= len(layer.output_names)
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -60,8 +75,10 @@ def test_torch_peer_computes_the_kind(name):
     torch = pytest.importorskip("torch")
     example, layer, x = _example(name)
     params = {k: torch.from_numpy(v.astype(np.float32)) for k, v in example.params.items()}
-    got = kinds()[name].torch_peer(layer, torch.from_numpy(x), params)().numpy()
-    np.testing.assert_allclose(got, layer.apply(x), rtol=1e-5, atol=1e-5)
+    xt = torch.from_numpy(x) if isinstance(x, np.ndarray) else tuple(map(torch.from_numpy, x))
+    got = _outputs(kinds()[name].torch_peer(layer, xt, params)())
+    for g, y in zip(got, layer.apply_all(_outputs(x)), strict=True):
+        np.testing.assert_allclose(g.numpy(), y, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", KINDS)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_cases import DTYPES, make_case, sample_input
+from kernel_cases import DTYPES, ONE_INPUT_KINDS, make_case, sample_input
 
 from normserve import kernels
 from normserve.kernels import dtypes
 from normserve.kernels.functional import BY_KIND
 
-KINDS = sorted(kernels.KINDS)
+KINDS = ONE_INPUT_KINDS  # the fused kinds: test_fused*.py
 # How callers hold parameters: torch's FP32, NumPy's FP64, FP16, plain lists.
 PARAM_FORMS = {
     "fp32": lambda a: a.astype(np.float32),
