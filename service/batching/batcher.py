@@ -1,5 +1,7 @@
 """Dynamic batching for one model (SPEC 4): concurrent requests with the same per-sample shape
 and dtype are joined along axis 0, run as one kernel call off the event loop, and split back.
+A model of several inputs (a fused residual add + norm: ``input`` and ``residual``) has
+every input joined row-aligned, and every output split back the same way.
 
 A batch closes when it holds ``max_batch_size`` rows or when its oldest request has waited
 ``max_queue_delay_us``, or earlier in adaptive mode (``_gather`` says when). A request larger
@@ -16,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,16 +45,16 @@ class Timing:
 
 @dataclass(eq=False)
 class _Pending:
-    x: np.ndarray
+    xs: tuple[np.ndarray, ...]  # one array per input of the layer, rows aligned
     key: tuple
     future: asyncio.Future
     enqueued: float
-    out: np.ndarray | None = None  # where the caller wants its rows (shared memory)
+    out: tuple[np.ndarray | None, ...] | None = None  # where the caller wants its rows
     timing: Timing = field(default_factory=Timing)
 
     @property
     def rows(self) -> int:
-        return self.x.shape[0]
+        return self.xs[0].shape[0]
 
 
 #: Batches of up to this much work (``PreparedLayer.work``: about one unit per element, or per
@@ -109,22 +112,35 @@ class Batcher(CallerReturns):
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def submit(self, x: np.ndarray, timeout_s: float, out: np.ndarray | None = None,
-                     caller: Hashable | None = None) -> tuple[np.ndarray, Timing]:
+    async def submit(self, x: np.ndarray | tuple[np.ndarray, ...], timeout_s: float,
+                     out: np.ndarray | tuple[np.ndarray | None, ...] | None = None,
+                     caller: Hashable | None = None) -> tuple[Any, Timing]:
         """This request's output rows, after batching; QueueFull, Closed or asyncio.TimeoutError.
 
-        With ``out`` (C-contiguous, the output's shape and dtype) the rows are written there
-        and ``out`` is returned: a request alone in its batch has the kernel write into it
-        directly. The timeout is a timer on the request's own future (no extra task per
-        request). ``caller`` names the client (its connection), for the adaptive wait.
+        ``x``: the input, or a tuple of the inputs (one per ``layer.input_names``, of one
+        shape and dtype: their rows are joined row-aligned with other requests'); the
+        answer is then a tuple of every output's rows (else the first output's). With
+        ``out`` (C-contiguous, the output's shape and dtype; a tuple of them, None for an
+        output without one, when ``x`` is a tuple) the rows are written there and ``out``
+        is returned: a request alone in its batch has the kernel write into it directly.
+        The timeout is a timer on the request's own future (no extra task per request).
+        ``caller`` names the client (its connection), for the adaptive wait.
         """
         if self._closing:
             raise Closed
         if len(self._queue) >= self.max_queue_size:
             raise QueueFull
+        bare = type(x) is not tuple
+        if bare:
+            xs, out = (x,), None if out is None else (out,)
+            key = (x.dtype, x.shape[1:])
+        else:
+            xs = x
+            first = xs[0]
+            key = (first.dtype, first.shape[1:]) if len(xs) == 1 else \
+                tuple((a.dtype, a.shape[1:]) for a in xs)
         loop = asyncio.get_running_loop()
-        item = _Pending(x, (x.dtype, x.shape[1:]), loop.create_future(), time.perf_counter(),
-                        out)
+        item = _Pending(xs, key, loop.create_future(), time.perf_counter(), out)
         self._queue.append(item)
         self._depth_changed()
         caller = caller if self.adaptive and self.batching else None  # only its wait uses them
@@ -138,7 +154,7 @@ class Batcher(CallerReturns):
             timer.cancel()
             if caller is not None:
                 self.caller_left(caller)
-        return out, item.timing
+        return (out[0] if bare else out), item.timing
 
     def _expire(self, item: _Pending) -> None:
         if item.future.done():
@@ -263,11 +279,11 @@ class Batcher(CallerReturns):
         if not live:
             return
         start = time.perf_counter()
-        xs = [p.x for p in live]
+        xs = [p.xs for p in live]
         targets = [p.out for p in live]
         try:
-            rows = sum(x.shape[0] for x in xs)
-            if self.layer.work((rows, *xs[0].shape[1:])) <= INLINE_MAX_WORK:
+            rows = sum(x[0].shape[0] for x in xs)
+            if self.layer.work((rows, *xs[0][0].shape[1:])) <= INLINE_MAX_WORK:
                 outs, compute_s = compute(self.layer, xs, targets)
             else:
                 outs, compute_s = await asyncio.get_running_loop().run_in_executor(

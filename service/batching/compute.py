@@ -1,66 +1,111 @@
-"""The kernel call of a batch: the requests' inputs joined into one buffer (the one copy),
-the layer applied, and each request's rows handed back (views, or written into its target)."""
+"""The kernel call of a batch: the requests' inputs joined into one buffer each (the one
+copy), the layer applied (``apply_all``: every input and output of the layer in one call),
+and each request's rows of every output handed back (views, or written into its targets)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from normserve.kernels import PreparedLayer
 from normserve.kernels.buffers import POOL
 
+#: A request's inputs (one array per ``layer.input_names``), or its outputs.
+Tensors = tuple[np.ndarray, ...]
+#: A request's output targets (shared memory), one per output (None: none for that one).
+Targets = tuple[np.ndarray | None, ...]
 
-def compute(layer: PreparedLayer, xs: list[np.ndarray], targets: list[np.ndarray | None]
-             ) -> tuple[list[np.ndarray], float]:
-    """Apply the layer to a batch: per-request outputs (views of one batch output, or the
-    requests' own targets, filled) and the compute time.
 
-    A request whose input the kernel can read in place and whose output has a target (one
-    shared-memory region to another) runs as a kernel call of its own, straight from its
-    input into its target: joining it would copy its bytes twice more (into the batch, out
-    of it) to save a launch of a few microseconds. The others are joined into one call."""
+def compute(layer: PreparedLayer, xs: Sequence[Tensors | np.ndarray],
+            targets: Sequence[Targets | np.ndarray | None]
+            ) -> tuple[list[Tensors | np.ndarray], float]:
+    """Apply the layer to a batch: per request its outputs (views of one batch output per
+    output name, or the request's own targets, filled), and the compute time.
+
+    Each request gives its inputs as a tuple (one array per input name, rows aligned) and
+    its targets as a tuple (or None), and gets its outputs as a tuple; a bare array in (one
+    input, its target a bare array too) gets the first output back as a bare array.
+
+    A request whose inputs the kernel can read in place and whose every output has a target
+    (one shared-memory region to another) runs as a kernel call of its own, straight from
+    its inputs into its targets: joining it would copy its bytes twice more (into the batch,
+    out of it) to save a launch of a few microseconds. The others are joined into one call."""
     t0 = time.perf_counter()
-    outs: dict[int, np.ndarray] = {}
+    bare = type(xs[0]) is not tuple
+    if bare:
+        xs = [(x,) for x in xs]
+        targets = [None if t is None else (t,) for t in targets]
+    outs: list[Tensors | None] = [None] * len(xs)
     joined = []
-    for i, (a, target) in enumerate(zip(xs, targets, strict=True)):
-        if target is not None and _usable(a):
-            outs[i] = layer.apply(a, out=target)
+    for i, (ins, target) in enumerate(zip(xs, targets, strict=True)):
+        if _complete(target, layer) and _all_usable(ins):
+            outs[i] = layer.apply_all(ins, target)
         else:
             joined.append(i)
     if joined:
-        outs.update(zip(joined, _joined(layer, [xs[i] for i in joined],
-                                        [targets[i] for i in joined]), strict=True))
-    return [outs[i] for i in range(len(xs))], time.perf_counter() - t0
+        for i, out in zip(joined, _joined(layer, [xs[i] for i in joined],
+                                          [targets[i] for i in joined]), strict=True):
+            outs[i] = out
+    if bare:
+        return [out[0] for out in outs], time.perf_counter() - t0
+    return outs, time.perf_counter() - t0
 
 
-def _joined(layer: PreparedLayer, xs: list[np.ndarray], targets: list[np.ndarray | None]
-            ) -> list[np.ndarray]:
-    """Join the inputs into one batch buffer (the one copy), apply, return per-request views
-    (or the requests' own targets, filled)."""
-    if len(xs) == 1 and _usable(xs[0]):
-        x = xs[0]
+def _complete(target: Targets | None, layer: PreparedLayer) -> bool:
+    """Whether every output of the layer has a target."""
+    return target is not None and len(target) == len(layer.output_names) and \
+        all(t is not None for t in target)
+
+
+def _joined(layer: PreparedLayer, xs: list[Tensors], targets: list[Targets | None]
+            ) -> list[Tensors]:
+    """Join each input of the requests into one batch buffer (the one copy, rows aligned
+    across inputs), apply, return per-request views of every output (or the requests' own
+    targets, filled)."""
+    if len(xs) == 1 and _all_usable(xs[0]):
+        ins = xs[0]
     else:  # pooled buffers: their pages are already mapped (fresh ones fault on first touch)
-        rows = sum(a.shape[0] for a in xs)
-        x = POOL.empty((rows, *xs[0].shape[1:]), xs[0].dtype)
-        at = 0
-        for a in xs:
-            x[at:at + a.shape[0]] = a
-            at += a.shape[0]
-    if len(xs) == 1 and targets[0] is not None:  # alone: the kernel writes the target itself
-        layer.apply(x, out=targets[0])
-        return [targets[0]]
-    out = POOL.empty(layer.output_shape(x.shape), x.dtype)
-    layer.apply(x, out=out)
+        rows = sum(x[0].shape[0] for x in xs)
+        ins = tuple(_join([x[k] for x in xs], rows) for k in range(len(xs[0])))
+    if len(xs) == 1 and _complete(targets[0], layer):  # alone: the kernel writes them itself
+        return [layer.apply_all(ins, targets[0])]
+    first = ins[0]
+    shape = layer.output_shape(first.shape)
+    batch_outs = tuple(POOL.empty(shape, first.dtype) for _ in layer.output_names)
+    layer.apply_all(ins, batch_outs)
     outs, at = [], 0
-    for a, target in zip(xs, targets, strict=True):
-        rows = out[at:at + a.shape[0]]
+    for x, target in zip(xs, targets, strict=True):
+        n = x[0].shape[0]
+        mine = tuple(out[at:at + n] for out in batch_outs)
         if target is not None:
-            np.copyto(target, rows)
-            rows = target
-        outs.append(rows)
-        at += a.shape[0]
+            mine = tuple(_fill(t, rows) for t, rows in zip(target, mine, strict=True))
+        outs.append(mine)
+        at += n
     return outs
+
+
+def _join(parts: list[np.ndarray], rows: int) -> np.ndarray:
+    x = POOL.empty((rows, *parts[0].shape[1:]), parts[0].dtype)
+    at = 0
+    for a in parts:
+        x[at:at + a.shape[0]] = a
+        at += a.shape[0]
+    return x
+
+
+def _fill(target: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    if target is None:
+        return rows
+    np.copyto(target, rows)
+    return target
+
+
+def _all_usable(arrays: Tensors) -> bool:
+    if len(arrays) == 1:  # without all()'s generator: the one-input case is the hot one
+        return _usable(arrays[0])
+    return all(_usable(a) for a in arrays)
 
 
 def _usable(a: np.ndarray) -> bool:

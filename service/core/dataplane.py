@@ -33,18 +33,28 @@ from .admin import check_admin
 from .calls import InferCall
 from .errors import ApiError, InvalidInput, ModelNotFound, ServiceUnavailable
 from .protocol import EXTENSIONS, VERSION
+from .tensors import Selected
 
 
 @dataclass
 class Answer:
-    """A finished inference: what the transport encodes, and what ``done`` records."""
+    """A finished inference: what the transport encodes, and what ``done`` records.
+
+    ``outputs`` holds every output of the model (in its ``output_names`` order); the answer
+    carries the ``selected`` ones (those the request named, or all: ``Model.select``)."""
 
     model: Model
     call: InferCall
-    output: np.ndarray
+    outputs: tuple[np.ndarray, ...]
     timing: Timing
     start: float
     decode_s: float
+    selected: Selected
+
+    @property
+    def output(self) -> np.ndarray:
+        """The first output answered (a model of one output: its output)."""
+        return self.outputs[self.selected[0][0]]
 
 
 class DataPlane:
@@ -153,11 +163,11 @@ class DataPlane:
             call = await decode()
             decode_s = time.perf_counter() - start
             _check_names(call, name, version)
-            model.check_input(call.array.shape, call.field + ".shape")
-            target = _output_target(model, call)
+            inputs, selected, targets = _bind(model, call)
             settings = self.ctx.settings
             timeout = min(call.timeout_s or settings.request_timeout, settings.request_timeout)
-            out, timing = await self._submit(model, call, timeout, target, caller)
+            outs, timing, model, selected = await self._submit(
+                model, call, timeout, inputs, selected, targets, caller)
         except (QueueFull, asyncio.TimeoutError, Closed) as exc:
             error = _refusal(exc, name, model, timeout)
             self.ctx.metrics.observe_failure(name, error.reason, time.perf_counter() - start)
@@ -166,22 +176,26 @@ class DataPlane:
             self.ctx.metrics.observe_failure(name, exc.reason or "BAD_REQUEST",
                                              time.perf_counter() - start)
             raise
-        return Answer(model, call, out, timing, start, decode_s)
+        return Answer(model, call, outs, timing, start, decode_s, selected)
 
     async def _submit(self, model: Model, call: InferCall, timeout: float,
-                      target: np.ndarray | None, caller: Hashable | None
-                      ) -> tuple[np.ndarray, Timing]:
-        """The call's rows from ``model``'s batcher; one replaced while this request was on
-        its way to the old batcher (which finishes what it had queued) hands it to the new
-        version, warm already."""
+                      inputs: tuple[np.ndarray, ...], selected: Selected,
+                      targets: tuple[np.ndarray | None, ...] | None, caller: Hashable | None
+                      ) -> tuple[tuple[np.ndarray, ...], Timing, Model, Selected]:
+        """The call's rows of every output from ``model``'s batcher (and the model and
+        outputs they are of); one replaced while this request was on its way to the old
+        batcher (which finishes what it had queued) hands it to the new version, warm
+        already."""
         try:
-            return await model.batcher.submit(call.array, timeout, target, caller)
+            outs, timing = await model.batcher.submit(inputs, timeout, targets, caller)
+            return outs, timing, model, selected
         except Closed:
             current = self.ctx.registry.models.get(model.name)
             if current is None or current is model or self.ctx.draining:
                 raise
-            current.check_input(call.array.shape, call.field + ".shape")
-            return await current.batcher.submit(call.array, timeout, target, caller)
+            inputs, selected, targets = _bind(current, call)
+            outs, timing = await current.batcher.submit(inputs, timeout, targets, caller)
+            return outs, timing, current, selected
 
     def done(self, answer: Answer, encode_s: float) -> None:
         """Record an answered request (after the transport encoded it)."""
@@ -203,19 +217,40 @@ def _refusal(exc: Exception, name: str, model: Model, timeout: float) -> ApiErro
                               "down", reason="UNAVAILABLE")
 
 
-def _output_target(model: Model, call: InferCall) -> np.ndarray | None:
-    """The array over the client's shared-memory output region that the batch writes this
-    request's rows into, or None (a 400 when the region is too small)."""
-    if call.output_region is None:
-        return None
-    shape = model.layer.output_shape(call.array.shape)
-    dtype = call.array.dtype
+def _bind(model: Model, call: InferCall
+          ) -> tuple[tuple[np.ndarray, ...], Selected, tuple[np.ndarray | None, ...] | None]:
+    """The call's inputs in the model's order, the outputs to answer with, and the arrays
+    over the client's shared-memory regions the batch writes outputs into (None: no
+    output goes to shared memory); a 400 naming the input or output at fault."""
+    inputs = model.bind(call)
+    selected = model.select(call)
+    if call.output_region is None and call.outputs is None:
+        return inputs, selected, None  # the common case: nothing more to look at
+    targets: list[np.ndarray | None] | None = None
+    for index, spec in selected:
+        region = spec.region if spec is not None else \
+            call.output_region if index == 0 else None
+        if region is None:
+            continue
+        if targets is None:
+            targets = [None] * len(model.output_names)
+        field = "outputs[0]" if spec is None else spec.field
+        targets[index] = _region_array(model, inputs[0], region, field, model.output_names[index])
+    return inputs, selected, None if targets is None else tuple(targets)
+
+
+def _region_array(model: Model, x: np.ndarray, region: memoryview, field: str,
+                  name: str) -> np.ndarray:
+    """The array over a client's shared-memory output region that the batch writes this
+    request's rows of output ``name`` into (a 400 when the region is too small)."""
+    shape = model.layer.output_shape(x.shape)
+    dtype = x.dtype
     need = math.prod(shape) * dtype.itemsize
-    if len(call.output_region) < need:
-        raise InvalidInput(f"outputs[0].parameters.shared_memory_byte_size: "
-                           f"{len(call.output_region)} bytes, but the output {list(shape)} of "
+    if len(region) < need:
+        raise InvalidInput(f"{field}.parameters.shared_memory_byte_size: "
+                           f"{len(region)} bytes, but the output {name!r} {list(shape)} of "
                            f"{datatype_name(dtype)} needs {need}")
-    return np.frombuffer(call.output_region, dtype, math.prod(shape)).reshape(shape)
+    return np.frombuffer(region, dtype, math.prod(shape)).reshape(shape)
 
 
 def _check_names(call: InferCall, name: str, version: str | None) -> None:

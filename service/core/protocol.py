@@ -6,9 +6,10 @@ from normserve.kernels.dtypes import DATATYPES
 
 #: The one version of a model served (the protocol's versions are strings).
 VERSION = "1"
-#: The input's name in a model's metadata (a request may name its one input anything).
+#: The first input's name in every model's metadata (``PreparedLayer.input_names``; a
+#: request may name a model's one input anything, a model of several takes their names).
 INPUT = "input"
-#: The one output of every model.
+#: The first output of every model (``PreparedLayer.output_names``).
 OUTPUT = "output"
 #: The datatype a model's metadata and config declare (they hold one per tensor; the models
 #: accept every one of ``DATATYPE_NAMES``).

@@ -1,6 +1,7 @@
 """Checks of a request's tensor that both transports make before anything is allocated:
-its datatype, its declared shape against the limits, one input, outputs named ``output``,
-the ``timeout`` parameter."""
+its datatype, its declared shape against the limits, the names of its inputs and outputs,
+the ``timeout`` parameter; and the binding of a request's inputs and outputs to a model's
+names."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from normserve.kernels.dtypes import DATATYPES
+from normserve.kernels.dtypes import DATATYPES, datatype_name
 
+from .calls import InferCall, OutputRequest
 from .errors import InvalidInput, PayloadTooLarge
-from .protocol import OUTPUT
 
 SUPPORTED = ", ".join(DATATYPES)
 
@@ -47,24 +48,85 @@ def check_shape(shape: list[int], limits: Limits, field: str) -> int:
     return count
 
 
-def check_one_input(names: list[str]) -> None:
-    """Every model takes one input: a 400 for none, several, or duplicates."""
-    if len(names) != 1:
-        if len(set(names)) != len(names):
-            raise InvalidInput("inputs: duplicate input names")
-        raise InvalidInput(f"inputs: exactly one input is required, got {len(names)}")
+def check_input_names(names: list[str]) -> None:
+    """A request's input names, whichever model: at least one, none twice (which inputs a
+    model takes is ``bind_inputs``'s to check)."""
+    if not names:
+        raise InvalidInput("inputs: at least one input is required, got 0")
+    if len(set(names)) != len(names):
+        raise InvalidInput("inputs: duplicate input names")
 
 
-def check_outputs(names: list[str]) -> None:
-    """Requested outputs may only name ``output``, once."""
-    seen = set()
-    for i, name in enumerate(names):
-        if name != OUTPUT:
-            raise InvalidInput(f"outputs[{i}].name: unknown output {name!r}; the only "
-                               f"output is {OUTPUT!r}")
-        if name in seen:
-            raise InvalidInput(f"outputs[{i}].name: duplicate output {name!r}")
-        seen.add(name)
+def check_output_name(name: str, seen: set[str], field: str) -> None:
+    """A requested output's name, whichever model: none twice (``select_outputs`` checks
+    them against the model's)."""
+    if name in seen:
+        raise InvalidInput(f"{field}.name: duplicate output {name!r}")
+    seen.add(name)
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def bind_inputs(call: InferCall, names: tuple[str, ...], model: str = "the model"
+                ) -> tuple[tuple[np.ndarray, str], ...]:
+    """The request's input arrays (with their fields) in the order of the model's input
+    ``names``, or a 400 naming the input at fault.
+
+    A model of one input takes one input of any name (as every model did before models of
+    several inputs); a model of several takes each of its names once and nothing else, all
+    of one shape and datatype (their rows are joined row-aligned in a batch)."""
+    if len(names) == 1:
+        if call.more_inputs:
+            raise InvalidInput(f"inputs: exactly one input is required, got "
+                               f"{1 + len(call.more_inputs)}")
+        return ((call.array, call.field),)
+    given = {call.input_name: (call.array, call.field)}
+    for name, array, field in call.more_inputs:
+        given[name] = (array, field)
+    for name, (_, field) in given.items():
+        if name not in names:
+            raise InvalidInput(f"{field}.name: unknown input {name!r}; {model} takes "
+                               f"{_names(names)}")
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise InvalidInput(f"inputs: input {missing[0]!r} is missing; {model} takes "
+                           f"{_names(names)}")
+    bound = tuple(given[n] for n in names)
+    first = bound[0][0]
+    for name, (array, field) in zip(names[1:], bound[1:], strict=True):
+        if array.dtype != first.dtype:
+            raise InvalidInput(f"{field}.datatype: input {name!r} is "
+                               f"{datatype_name(array.dtype)} but {names[0]!r} is "
+                               f"{datatype_name(first.dtype)}; they must agree")
+        if array.shape != first.shape:
+            raise InvalidInput(f"{field}.shape: input {name!r} has shape {list(array.shape)} "
+                               f"but {names[0]!r} has {list(first.shape)}; they must agree")
+    return bound
+
+
+#: What ``select_outputs`` answers: per output returned, its index among the model's output
+#: names and the request's entry for it (None when the request names no output).
+Selected = tuple[tuple[int, OutputRequest | None], ...]
+
+
+def select_outputs(call: InferCall, names: tuple[str, ...], every: Selected,
+                   model: str = "the model") -> Selected:
+    """The outputs to return: those the request names, in its order, or ``every`` one of the
+    model's (``names``) when it names none; a 400 naming an unknown one."""
+    if call.outputs is None:
+        return every
+    selected = []
+    for out in call.outputs:
+        try:
+            selected.append((names.index(out.name), out))
+        except ValueError:
+            raise InvalidInput(
+                f"{out.field}.name: unknown output {out.name!r}; "
+                + (f"the only output is {names[0]!r}" if len(names) == 1
+                   else f"{model}'s outputs are {_names(names)}")) from None
+    return tuple(selected)
 
 
 def timeout_param(timeout: Any) -> float | None:

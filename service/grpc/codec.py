@@ -1,7 +1,7 @@
 """Tensors in and out of gRPC ``ModelInferRequest``/``ModelInferResponse`` messages.
 
-The same checks as the HTTP codec (``core.tensors``: one input, outputs named ``output``, shape
-limits before any allocation), for gRPC's two encodings: typed ``contents`` (FP32 and FP64
+The same checks as the HTTP codec (``core.tensors``: input and output names, shape limits
+before any allocation), for gRPC's two encodings: typed ``contents`` (FP32 and FP64
 only: protobuf has no half-precision field) and ``raw_input_contents``, whose bytes become a
 NumPy view without a copy. Answers always carry ``raw_output_contents``, as Triton's do.
 """
@@ -15,13 +15,14 @@ from tritonclient.grpc import service_pb2
 
 from normserve.kernels.dtypes import datatype_name
 
-from ..core.calls import InferCall
+from ..core.calls import InferCall, OutputRequest
 from ..core.errors import InvalidInput
 from ..core.protocol import OUTPUT, VERSION
 from ..core.tensors import (
     Limits,
-    check_one_input,
-    check_outputs,
+    Selected,
+    check_input_names,
+    check_output_name,
     check_shape,
     dtype_of,
     timeout_param,
@@ -45,10 +46,51 @@ def parameters(params: Any) -> dict[str, Any]:
 
 def decode_request(req: service_pb2.ModelInferRequest, limits: Limits,
                    shm: SharedMemory) -> InferCall:
-    """A ``ModelInferRequest`` as an ``InferCall``, or a 400 naming the field at fault."""
-    check_one_input([t.name for t in req.inputs])
-    spec = req.inputs[0]
-    field = "inputs[0]"
+    """A ``ModelInferRequest`` as an ``InferCall``, or a 400 naming the field at fault.
+    (Which inputs and outputs a model has is the core's to check: ``Model.bind``.)"""
+    inputs = req.inputs
+    check_input_names([t.name for t in inputs])
+    raws = req.raw_input_contents
+    single = len(inputs) == 1
+    if single and raws and len(raws) != 1:
+        raise InvalidInput(f"raw_input_contents: {len(raws)} entries for 1 input")
+    array, used = _input(inputs[0], 0, raws, single, limits, shm, "inputs[0]")
+    more: tuple[tuple[str, np.ndarray, str], ...] = ()
+    if not single:
+        more_list = []
+        for i, spec in enumerate(inputs[1:], start=1):
+            field = f"inputs[{i}]"
+            other, n = _input(spec, used, raws, False, limits, shm, field)
+            more_list.append((spec.name, other, field))
+            used += n
+        if used != len(raws):
+            raise InvalidInput(f"raw_input_contents: {len(raws)} entries for the {used} "
+                               "inputs that have neither contents nor a shared memory region")
+        more = tuple(more_list)
+    region = region_params = None
+    outputs = None
+    if req.outputs:
+        outputs, seen = [], set()
+        for i, out in enumerate(req.outputs):
+            field = f"outputs[{i}]"
+            check_output_name(out.name, seen, field)
+            r, p = shm.output_region(parameters(out.parameters), field)
+            outputs.append(OutputRequest(out.name, field, True, r, p))
+        if len(outputs) == 1:
+            region, region_params = outputs[0].region, outputs[0].params
+    timeout = parameter(req.parameters["timeout"]) if "timeout" in req.parameters else None
+    return InferCall(req.id or None, inputs[0].name, array, True, timeout_param(timeout),
+                     req.model_name, req.model_version or None, "inputs[0]", region,
+                     region_params, more, outputs)
+
+
+def _input(spec: service_pb2.ModelInferRequest.InferInputTensor, index: int, raws: Any,
+           single: bool, limits: Limits, shm: SharedMemory, field: str
+           ) -> tuple[np.ndarray, int]:
+    """An input's array, from shared memory, its typed ``contents`` or the next entry of
+    ``raw_input_contents`` (``index``: the entries the inputs before it took; as
+    tritonclient sends them, one per input that has neither shared memory nor contents),
+    and how many entries it took. ``single``: the request's only input."""
     dtype = dtype_of(spec.datatype, f"{field}.datatype")
     shape = list(spec.shape)
     count = check_shape(shape, limits, f"{field}.shape")
@@ -56,30 +98,23 @@ def decode_request(req: service_pb2.ModelInferRequest, limits: Limits,
     has_contents = spec.HasField("contents")
     array = shm.input_array(parameters(spec.parameters), dtype, shape, count, field)
     if array is not None:
-        if has_contents or req.raw_input_contents:
+        if has_contents or (single and raws):
             raise InvalidInput(f"{field}: give a shared memory region or data, not both")
-    elif req.raw_input_contents:
-        if len(req.raw_input_contents) != len(req.inputs):
-            raise InvalidInput(f"raw_input_contents: {len(req.raw_input_contents)} entries "
-                               f"for {len(req.inputs)} input")
-        if has_contents:
+        return array, 0
+    if has_contents:
+        if single and raws:
             raise InvalidInput(f"{field}: give contents or raw_input_contents, not both")
-        raw = req.raw_input_contents[0]
-        if len(raw) != nbytes:
-            raise InvalidInput(f"raw_input_contents[0]: {len(raw)} bytes, but shape {shape} "
-                               f"of {spec.datatype} needs {nbytes}")
-        array = np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
-    elif has_contents:
-        array = _typed(spec, shape, dtype, count, field)
-    else:
-        raise InvalidInput(f"{field}: no data (give contents or raw_input_contents)")
-    check_outputs([o.name for o in req.outputs])
-    region = region_params = None
-    for i, out in enumerate(req.outputs):
-        region, region_params = shm.output_region(parameters(out.parameters), f"outputs[{i}]")
-    timeout = parameter(req.parameters["timeout"]) if "timeout" in req.parameters else None
-    return InferCall(req.id or None, spec.name, array, True, timeout_param(timeout),
-                     req.model_name, req.model_version or None, field, region, region_params)
+        return _typed(spec, shape, dtype, count, field), 0
+    if index >= len(raws):
+        if not raws:
+            raise InvalidInput(f"{field}: no data (give contents or raw_input_contents)")
+        raise InvalidInput(f"raw_input_contents: {len(raws)} entries, too few for the inputs "
+                           f"(none left for {field})")
+    raw = raws[index]
+    if len(raw) != nbytes:
+        raise InvalidInput(f"raw_input_contents[{index}]: {len(raw)} bytes, but shape {shape} "
+                           f"of {spec.datatype} needs {nbytes}")
+    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape), 1
 
 
 def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],
@@ -99,21 +134,36 @@ def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int
     return np.array(values, dtype=dtype).reshape(shape)
 
 
-def encode_response(model: str, call: InferCall, out: np.ndarray
+def encode_response(model: str, call: InferCall, outs: np.ndarray | tuple[np.ndarray, ...],
+                    selected: Selected = ((0, None),), names: tuple[str, ...] = (OUTPUT,)
                     ) -> service_pb2.ModelInferResponse:
-    """The answer: the output's metadata and its bytes in ``raw_output_contents`` (or, for
-    an output written to shared memory, the region's parameters and no bytes)."""
-    tensor = service_pb2.ModelInferResponse.InferOutputTensor(
-        name=OUTPUT, datatype=datatype_name(out.dtype), shape=out.shape)
+    """The answer: each selected output's metadata and its bytes in
+    ``raw_output_contents`` (or, for an output written to shared memory, the region's
+    parameters and no bytes). ``outs``: every output of the model (``names``, in order;
+    one bare array for a model of one)."""
+    if type(outs) is np.ndarray:
+        outs = (outs,)
     response = service_pb2.ModelInferResponse(model_name=model, model_version=VERSION,
-                                              id=call.request_id or "", outputs=[tensor])
-    if call.output_params is None:
-        response.raw_output_contents.append(np.ascontiguousarray(out).tobytes())
-        return response
-    params = response.outputs[0].parameters  # the message's copy of ``tensor``
-    for key, value in {**call.output_params, "shared_memory_byte_size": out.nbytes}.items():
-        if isinstance(value, str):
-            params[key].string_param = value
-        else:
-            params[key].int64_param = value
+                                              id=call.request_id or "")
+    raws = response.raw_output_contents
+    held = 0  # outputs in shared memory not yet given an (empty) raw entry
+    for index, spec in selected:
+        out = outs[index]
+        tensor = response.outputs.add(name=names[index], datatype=datatype_name(out.dtype),
+                                      shape=out.shape)
+        params = spec.params if spec is not None else call.output_params if index == 0 \
+            else None
+        if params is None:
+            # tritonclient reads an output's bytes at the output's own index: an output in
+            # shared memory before this one holds its place with an empty entry.
+            raws.extend([b""] * held)
+            held = 0
+            raws.append(np.ascontiguousarray(out).tobytes())
+            continue
+        held += 1
+        for key, value in {**params, "shared_memory_byte_size": out.nbytes}.items():
+            if isinstance(value, str):
+                tensor.parameters[key].string_param = value
+            else:
+                tensor.parameters[key].int64_param = value
     return response

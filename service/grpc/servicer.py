@@ -159,7 +159,8 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         answer = await self.dp.infer(request.model_name, request.model_version or None, decode,
                                      peer)
         t0 = time.perf_counter()
-        response = encode_response(answer.model.name, answer.call, answer.output)
+        response = encode_response(answer.model.name, answer.call, answer.outputs,
+                                   answer.selected, answer.model.output_names)
         self.dp.done(answer, time.perf_counter() - t0)
         return response
 

@@ -18,19 +18,20 @@ import simdjson
 
 from normserve.kernels.dtypes import datatype_name
 
-from ..core.calls import InferCall
+from ..core.calls import InferCall, OutputRequest
 from ..core.errors import InvalidInput
 from ..core.protocol import OUTPUT, VERSION
 from ..core.tensors import (
     Limits,
-    check_one_input,
-    check_outputs,
+    Selected,
+    check_input_names,
+    check_output_name,
     check_shape,
     dtype_of,
     timeout_param,
 )
 from ..extensions.shared_memory import SharedMemory
-from .schemas import InferenceRequest, Tensor, validate
+from .schemas import InferenceRequest, Tensor, TensorInput, validate
 
 HEADER_LENGTH = "inference-header-content-length"
 
@@ -202,15 +203,32 @@ def _small_header(head: bytes) -> InferenceRequest:
 def decode_infer(body: bytes, header_length: str | None, limits: Limits,
                  shm: SharedMemory) -> InferCall:
     """Parse an infer body (JSON, or JSON header + binary section) into the one ``InferCall``
-    the core runs, in one pass: the header, the input, the outputs asked for, the timeout."""
+    the core runs, in one pass: the header, the inputs, the outputs asked for, the timeout.
+    (Which inputs and outputs a model has is the core's to check: ``Model.bind``.)"""
     head, binary = _split(body, header_length)
     req, values = _header(head, json_data=header_length is None and b'"data"' in body)
-    field = "inputs[0]"
-    array = _input(req, values, binary, limits, shm, field)
-    binary_out, region, region_params = _outputs(req, shm)
-    return InferCall(req.id, req.inputs[0].name, array, binary_out,
+    inputs = req.inputs
+    check_input_names([i.name for i in inputs])
+    single = len(inputs) == 1
+    array, used = _input(inputs[0], values, binary, 0, single, limits, shm, "inputs[0]")
+    more: tuple[tuple[str, np.ndarray, str], ...] = ()
+    if not single:
+        more_list = []
+        for i, spec in enumerate(inputs[1:], start=1):
+            field = f"inputs[{i}]"
+            other, n = _input(spec, None, binary, used, False, limits, shm, field)
+            more_list.append((spec.name, other, field))
+            used += n
+        if used != len(binary):
+            raise InvalidInput(f"body: {len(binary) - used} bytes of binary data that no "
+                               "input claims (the inputs' binary_data_size add up to "
+                               f"{used})")
+        more = tuple(more_list)
+    binary_out, region, region_params, outputs = _outputs(req, shm)
+    return InferCall(req.id, inputs[0].name, array, binary_out,
                      timeout_param((req.parameters or {}).get("timeout")),
-                     req.model_name, req.model_version, field, region, region_params)
+                     req.model_name, req.model_version, "inputs[0]", region, region_params,
+                     more, outputs)
 
 
 def _header(head: memoryview, json_data: bool) -> tuple[InferenceRequest, np.ndarray | None]:
@@ -225,21 +243,23 @@ def _header(head: memoryview, json_data: bool) -> tuple[InferenceRequest, np.nda
     return validate(InferenceRequest, parsed), values
 
 
-def _input(req: InferenceRequest, values: np.ndarray | None, binary: memoryview,
-           limits: Limits, shm: SharedMemory, field: str) -> np.ndarray:
-    """The one input's array, from shared memory, the binary section or JSON data: its
-    declared datatype and shape checked before anything of that size is made."""
-    check_one_input([i.name for i in req.inputs])
-    spec = req.inputs[0]
+def _input(spec: TensorInput, values: np.ndarray | None, binary: memoryview, offset: int,
+           single: bool, limits: Limits, shm: SharedMemory, field: str
+           ) -> tuple[np.ndarray, int]:
+    """An input's array, from shared memory, the binary section (its bytes from
+    ``offset``) or JSON data, and how many bytes of the binary section it took: its declared
+    datatype and shape checked before anything of that size is made. ``single``: the
+    request's only input, which must take the whole binary section."""
     dtype = dtype_of(spec.datatype, f"{field}.datatype")
     count = check_shape(spec.shape, limits, f"{field}.shape")
     size = (spec.parameters or {}).get("binary_data_size")
     has_data = spec.data is not None or values is not None
+    rest = binary[offset:] if offset else binary
     array = shm.input_array(spec.parameters or {}, dtype, spec.shape, count, field)
     if array is not None:
-        if has_data or size is not None or len(binary):
+        if has_data or size is not None or (single and len(rest)):
             raise InvalidInput(f"{field}: give a shared memory region or data, not both")
-        return array
+        return array, 0
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"{field}.parameters.binary_data_size: must be an integer >= 0")
@@ -248,57 +268,91 @@ def _input(req: InferenceRequest, values: np.ndarray | None, binary: memoryview,
         if size != count * dtype.itemsize:
             raise InvalidInput(f"{field}.parameters.binary_data_size: {size} bytes, but shape "
                                f"{spec.shape} of {spec.datatype} needs {count * dtype.itemsize}")
-        if size != len(binary):
+        if size != len(rest) if single else size > len(rest):
             raise InvalidInput(f"{field}.parameters.binary_data_size: {size} bytes, but the "
-                               f"binary section has {len(binary)}")
-        return np.frombuffer(binary, dtype=dtype, count=count).reshape(spec.shape)
+                               f"binary section has {len(rest)}"
+                               + ("" if single else " left"))
+        return np.frombuffer(rest, dtype=dtype, count=count).reshape(spec.shape), size
     if not has_data:
         raise InvalidInput(f"{field}.data: missing (or give parameters.binary_data_size)")
-    if len(binary):
-        raise InvalidInput(f"body: {len(binary)} bytes of binary data that no input claims")
+    if single and len(rest):
+        raise InvalidInput(f"body: {len(rest)} bytes of binary data that no input claims")
     if values is not None:
-        return numbers_array(values, spec.shape, dtype, count, f"{field}.data")
-    return json_array(spec.data, spec.shape, dtype, count, f"{field}.data")
+        return numbers_array(values, spec.shape, dtype, count, f"{field}.data"), 0
+    return json_array(spec.data, spec.shape, dtype, count, f"{field}.data"), 0
 
 
 def _outputs(req: InferenceRequest, shm: SharedMemory
-             ) -> tuple[bool, memoryview | None, dict[str, Any] | None]:
+             ) -> tuple[bool, memoryview | None, dict[str, Any] | None,
+                        list[OutputRequest] | None]:
     """How the client wants the answer: binary or JSON (the request's
     ``binary_data_output``, overridden by an output's ``binary_data``), and the shared-memory
-    region it goes to (with the parameters that named it), if any."""
+    region it goes to (with the parameters that named it), if any, of the one output named;
+    and every output named (None: none), each with its own flag and region."""
     binary_out = _flag(req.parameters, "binary_data_output", "parameters") or False
-    check_outputs([out.name for out in req.outputs or ()])
-    region = region_params = None
-    for i, out in enumerate(req.outputs or ()):
-        flag = _flag(out.parameters, "binary_data", f"outputs[{i}].parameters")
-        if flag is not None:
-            binary_out = flag
-        region, region_params = shm.output_region(out.parameters, f"outputs[{i}]")
-    return binary_out, region, region_params
+    if not req.outputs:
+        return binary_out, None, None, None
+    outputs, seen = [], set()
+    for i, out in enumerate(req.outputs):
+        field = f"outputs[{i}]"
+        check_output_name(out.name, seen, field)
+        flag = _flag(out.parameters, "binary_data", f"{field}.parameters")
+        region, region_params = shm.output_region(out.parameters, field)
+        outputs.append(OutputRequest(out.name, field, flag, region, region_params))
+    if len(outputs) == 1:
+        only = outputs[0]
+        if only.binary is not None:
+            binary_out = only.binary
+        return binary_out, only.region, only.params, outputs
+    return binary_out, None, None, outputs
 
 
-def encode_infer(model: str, call: InferCall,
-                 out: np.ndarray) -> tuple[list[bytes | memoryview], dict]:
-    """The response body parts and headers: JSON data, or a JSON header + the raw bytes."""
-    datatype = datatype_name(out.dtype)
+def encode_infer(model: str, call: InferCall, outs: np.ndarray | tuple[np.ndarray, ...],
+                 selected: Selected = ((0, None),), names: tuple[str, ...] = (OUTPUT,)
+                 ) -> tuple[list[bytes | memoryview], dict]:
+    """The response body parts and headers: JSON data, or a JSON header + the raw bytes
+    (each output as it was asked for: the binary extension allows a mix).
+
+    ``outs``: every output of the model (``names``, in order; one bare array for a model
+    of one), of which the ``selected`` ones are answered (``Model.select``)."""
+    if type(outs) is np.ndarray:
+        outs = (outs,)
     head: dict[str, Any] = {"model_name": model, "model_version": VERSION}
     if call.request_id is not None:
         head["id"] = call.request_id
-    output: dict[str, Any] = {"name": OUTPUT, "datatype": datatype, "shape": list(out.shape)}
-    head["outputs"] = [output]
-    if call.output_params is not None:  # the data is in the client's shared memory already
-        output["parameters"] = {**call.output_params, "shared_memory_byte_size": out.nbytes}
-        return [orjson.dumps(head)], {"content-type": "application/json"}
-    if call.binary_output:
-        # A view, not a copy: it keeps the (pooled) batch output alive until it is sent.
-        raw = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
-        output["parameters"] = {"binary_data_size": len(raw)}
-        header = orjson.dumps(head)
-        return [header, raw], {"inference-header-content-length": str(len(header)),
-                               "content-type": "application/octet-stream"}
-    output["data"] = json_values(out)
-    return [orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)], {
-        "content-type": "application/json"}
+    outputs: list[dict[str, Any]] = []
+    head["outputs"] = outputs
+    raws: list[bytes | memoryview] | None = None
+    numpy = False
+    for index, spec in selected:
+        out = outs[index]
+        output: dict[str, Any] = {"name": names[index], "datatype": datatype_name(out.dtype),
+                                  "shape": list(out.shape)}
+        outputs.append(output)
+        params = spec.params if spec is not None else call.output_params if index == 0 \
+            else None
+        if params is not None:  # the data is in the client's shared memory already
+            output["parameters"] = {**params, "shared_memory_byte_size": out.nbytes}
+        elif spec.binary if spec is not None and spec.binary is not None \
+                else call.binary_output:
+            # A view, not a copy: it keeps the (pooled) batch output alive until it is sent.
+            raw = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))
+            output["parameters"] = {"binary_data_size": len(raw)}
+            if raws is None:
+                raws = [raw]
+            else:
+                raws.append(raw)
+        else:
+            output["data"] = json_values(out)
+            numpy = True
+    if raws is not None:
+        header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY) if numpy \
+            else orjson.dumps(head)
+        raws.insert(0, header)
+        return raws, {"inference-header-content-length": str(len(header)),
+                      "content-type": "application/octet-stream"}
+    return [orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY) if numpy
+            else orjson.dumps(head)], {"content-type": "application/json"}
 
 
 def json_values(out: np.ndarray) -> np.ndarray:

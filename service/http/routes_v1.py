@@ -62,6 +62,10 @@ def _normalize(kind: str, params: dict, hyper: dict, x: np.ndarray, device: str)
         out_shape = layer.output_shape(x.shape)
     except (ValueError, TypeError, ArithmeticError) as exc:
         raise InvalidInput(f"layer: {exc}") from None
+    if len(layer.input_names) != 1:
+        raise InvalidInput(f"kind: {kind} takes the inputs {', '.join(layer.input_names)}; "
+                           "/v1/normalize runs kinds of one input (serve this one as a model "
+                           "and use POST /v2/models/{name}/infer)")
     x = np.ascontiguousarray(x)
     out = np.empty(out_shape, dtype=x.dtype)
     layer.apply(x, out=out)

@@ -196,6 +196,7 @@ async def infer_request(request: Request, name: str, version: str | None = None
     # The caller is the connection (a keep-alive client's requests come one after another).
     answer = await ctx.dataplane.infer(name, version, decode, request.scope.get("client"))
     t0 = time.perf_counter()
-    parts, headers = encode_infer(name, answer.call, answer.output)
+    parts, headers = encode_infer(name, answer.call, answer.outputs, answer.selected,
+                                  answer.model.output_names)
     ctx.dataplane.done(answer, time.perf_counter() - t0)
     return PartsResponse(parts, headers)

@@ -4,14 +4,19 @@ metadata that follow from its shape."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 from normserve.kernels import PreparedLayer
 from normserve.repository import ModelConfig
 
 from ..batching.batcher import Batcher
+from ..core.calls import InferCall
 from ..core.errors import InvalidInput
-from ..core.protocol import DATATYPE_NAMES, DECLARED_DATATYPE, INPUT, OUTPUT, VERSION
+from ..core.protocol import DATATYPE_NAMES, DECLARED_DATATYPE, VERSION
+from ..core.tensors import Selected, bind_inputs, select_outputs
 
 
 @dataclass(eq=False)
@@ -32,6 +37,36 @@ class Model:
 
     def output_sample_shape(self) -> list[int]:
         return list(self.layer.sample_output_shape(self.sample_shape))
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's inputs as its metadata names them (the layer's, in order)."""
+        return self.layer.input_names
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.layer.output_names
+
+    @cached_property
+    def every_output(self) -> Selected:
+        """What a request naming no output gets: every output, in order."""
+        return tuple((i, None) for i in range(len(self.layer.output_names)))
+
+    def bind(self, call: InferCall) -> tuple[np.ndarray, ...]:
+        """The request's input arrays in the layer's order, each checked against this
+        model's shape (a 400 naming the input at fault)."""
+        bound = bind_inputs(call, self.layer.input_names, f"model {self.name!r}")
+        if len(bound) == 1:
+            array, field_name = bound[0]
+            self.check_input(array.shape, field_name + ".shape")
+            return (array,)
+        self.check_input(bound[0][0].shape, bound[0][1] + ".shape")  # the others agree
+        return tuple(array for array, _ in bound)
+
+    def select(self, call: InferCall) -> Selected:
+        """The outputs to answer with (a 400 naming an unknown one)."""
+        return select_outputs(call, self.layer.output_names, self.every_output,
+                              f"model {self.name!r}")
 
     def check_input(self, shape: tuple[int, ...], field_name: str) -> None:
         """A 400 unless ``shape`` is a non-empty batch of this model's per-sample shape."""
@@ -55,9 +90,10 @@ class Model:
             "name": self.name,
             "versions": [VERSION],
             "platform": f"normserve_{self.config.kind}",
-            "inputs": [{"name": INPUT, "datatype": DECLARED_DATATYPE,
-                        "shape": [-1, *self.sample_shape]}],
-            "outputs": [{"name": OUTPUT, "datatype": DECLARED_DATATYPE,
-                         "shape": [-1, *self.output_sample_shape()]}],
+            "inputs": [{"name": name, "datatype": DECLARED_DATATYPE,
+                        "shape": [-1, *self.sample_shape]} for name in self.input_names],
+            "outputs": [{"name": name, "datatype": DECLARED_DATATYPE,
+                         "shape": [-1, *self.output_sample_shape()]}
+                        for name in self.output_names],
             "parameters": {"datatypes": DATATYPE_NAMES},
         }
