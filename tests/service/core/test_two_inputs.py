@@ -21,6 +21,7 @@ import orjson
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from service_fused_cases import binary_infer_body
 from tritonclient.grpc import service_pb2 as pb
 
 from normserve.kernels import prepare
@@ -123,15 +124,7 @@ def http_json(*tensors: tuple[str, np.ndarray], outputs: list[dict] | None = Non
 
 def http_binary(*tensors: tuple[str, np.ndarray], outputs: list[dict] | None = None
                 ) -> tuple[bytes, str]:
-    raws = [np.ascontiguousarray(a).tobytes() for _, a in tensors]
-    head: dict[str, Any] = {"inputs": [
-        {"name": n, "shape": list(a.shape), "datatype": datatype_name(a.dtype),
-         "parameters": {"binary_data_size": len(raw)}}
-        for (n, a), raw in zip(tensors, raws, strict=True)]}
-    if outputs is not None:
-        head["outputs"] = outputs
-    header = orjson.dumps(head)
-    return header + b"".join(raws), str(len(header))
+    return binary_infer_body(*tensors, outputs=outputs)
 
 
 def grpc_message(*tensors: tuple[str, np.ndarray], outputs: Sequence[str] = ()
