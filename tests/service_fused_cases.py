@@ -1,6 +1,7 @@
 """The demo repository's fused models (two inputs, two outputs: issue 21, SPEC 9) as the
 service tests use them: inputs of each, the kernel's answer checked against the float64
-reference, and the binary-extension body tritonclient.http sends for several inputs."""
+reference, the binary-extension body tritonclient.http sends for several inputs, and
+tritonclient's clients of a served app."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from service_helpers import DEMO, demo_config, demo_params
 
 from normserve.kernels.dtypes import datatype_name
@@ -52,3 +55,16 @@ def binary_infer_body(*tensors: tuple[str, np.ndarray], outputs: list[dict] | No
         head["outputs"] = outputs
     header = orjson.dumps(head)
     return header + b"".join(raws), str(len(header))
+
+
+def triton_client(transport: str, server: Any) -> Any:
+    """tritonclient's client (``"http"`` or ``"grpc"``) of a served app (``Server``,
+    ``InThread``)."""
+    if transport == "http":
+        return httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+def client_module(client: Any) -> Any:
+    """tritonclient's module of ``client`` (for its InferInput, InferRequestedOutput)."""
+    return grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient

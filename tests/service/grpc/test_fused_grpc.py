@@ -14,9 +14,8 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from service_fused_cases import FUSED, OUTPUTS
+from service_fused_cases import FUSED, OUTPUTS, client_module, triton_client
 from service_fused_cases import fused_expected as expected
 from service_fused_cases import fused_pair as pair
 from service_helpers import in_thread
@@ -31,17 +30,10 @@ def server() -> Any:
 
 @pytest.fixture(params=["grpc", "http"])
 def client(request: Any, server: Any) -> Any:
-    if request.param == "grpc":
-        c = grpcclient.InferenceServerClient(server.grpc_url)
-    else:
-        c = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
+    c = triton_client(request.param, server)
     yield c
     c.unregister_system_shared_memory()
     c.close()
-
-
-def _module(c: Any) -> Any:
-    return grpcclient if isinstance(c, grpcclient.InferenceServerClient) else httpclient
 
 
 def inputs(mod: Any, x: np.ndarray, r: np.ndarray, datatype: str = "FP32") -> list[Any]:
@@ -57,7 +49,7 @@ def inputs(mod: Any, x: np.ndarray, r: np.ndarray, datatype: str = "FP32") -> li
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_two_infer_inputs_and_requested_outputs(client: Any, name: str,
                                                 named: list[str] | None) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     x, r = pair(name, 3, seed=1)
     outputs = None if named is None else [mod.InferRequestedOutput(o) for o in named]
     res = client.infer(name, inputs(mod, x, r), outputs=outputs)
@@ -70,7 +62,7 @@ def test_two_infer_inputs_and_requested_outputs(client: Any, name: str,
 
 @pytest.mark.parametrize("datatype", ["FP16", "FP64"])
 def test_other_datatypes(client: Any, datatype: str) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     name = "add_layer_norm_256"
     x, r = pair(name, 2, seed=2, dtype=np.float16 if datatype == "FP16" else np.float64)
     res = client.infer(name, inputs(mod, x, r, datatype))
@@ -97,7 +89,7 @@ def test_model_metadata_and_config(client: Any, name: str) -> None:
 
 
 def test_inputs_and_outputs_in_shared_memory(client: Any) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     name = "add_rms_norm_512"
     x, r = pair(name, 4, seed=3)
     n = x.nbytes
@@ -124,7 +116,7 @@ def test_inputs_and_outputs_in_shared_memory(client: Any) -> None:
 
 
 def test_one_output_in_shared_memory_the_other_in_the_answer(client: Any) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     name = "add_layer_norm_256"
     x, r = pair(name, 2, seed=4)
     key = f"ns-{uuid.uuid4().hex[:10]}"
@@ -179,7 +171,7 @@ BAD = [
                          ids=[c[0] for c in BAD])
 def test_bad_requests_name_the_input_or_output(client: Any, names: list[str], change: dict,
                                                words: str) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     name = "add_rms_norm_512"
     made = []
     for n in names:

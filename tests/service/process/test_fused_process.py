@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from service_fused_cases import FUSED, OUTPUTS, fused_expected, fused_pair
+from service_fused_cases import (
+    FUSED,
+    OUTPUTS,
+    client_module,
+    fused_expected,
+    fused_pair,
+    triton_client,
+)
 from service_helpers import running_server
 from tritonclient.utils import InferenceServerException
 
@@ -21,24 +28,17 @@ def server() -> Any:
         yield srv
 
 
-@pytest.fixture(params=["http", "grpc"])
+@pytest.fixture(params=["grpc", "http"])
 def client(request: Any, server: Any) -> Any:
-    if request.param == "http":
-        c = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
-    else:
-        c = grpcclient.InferenceServerClient(server.grpc_url)
+    c = triton_client(request.param, server)
     yield c
     c.close()
-
-
-def _module(c: Any) -> Any:
-    return grpcclient if isinstance(c, grpcclient.InferenceServerClient) else httpclient
 
 
 @pytest.mark.parametrize("binary", [True, False])
 @pytest.mark.parametrize("name", sorted(FUSED))
 def test_two_inputs_two_outputs(client: Any, name: str, binary: bool) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     x, r = fused_pair(name, 3, seed=7)
     inputs = []
     for n, a in (("input", x), ("residual", r)):
@@ -60,7 +60,7 @@ def test_two_inputs_two_outputs(client: Any, name: str, binary: bool) -> None:
 
 
 def test_a_missing_residual_is_refused_naming_it(client: Any) -> None:
-    mod = _module(client)
+    mod = client_module(client)
     x = np.zeros((1, 512), np.float32)
     inp = mod.InferInput("input", [1, 512], "FP32")
     inp.set_data_from_numpy(x)
