@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="two-pass decomposition with float64 statistics for every kind")
     form.add_argument("--native", dest="form", action="store_const", const="native",
                       help="the ONNX normalisation operators wherever the opset has them")
+    p.add_argument("--ort-fused", action="store_true",
+                   help="ONNX Runtime's fused com.microsoft operators where a kind has one "
+                        "(add_rms_norm: SkipSimplifiedLayerNormalization, add_layer_norm: "
+                        "SkipLayerNormalization); such a graph runs in ONNX Runtime only")
     p.add_argument("--force", action="store_true", help="write the model despite a mismatch")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(form="auto")
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _single(args: argparse.Namespace) -> int:
     _, layer = load_model(args.path)
-    model = to_onnx(layer, args.opset, dtype=args.dtype, form=args.form)
+    model = to_onnx(layer, args.opset, dtype=args.dtype, form=args.form,
+                    ort_fused=args.ort_fused)
     report = check_parity(layer, model)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     if not report.ok and not args.force:
@@ -85,7 +90,8 @@ def _single(args: argparse.Namespace) -> int:
 
 def _triton(args: argparse.Namespace) -> int:
     result = write_triton_repository(args.path, args.triton_repository, opset=args.opset,
-                                     dtype=args.dtype, form=args.form)
+                                     dtype=args.dtype, form=args.form,
+                                     ort_fused=args.ort_fused)
     if args.json:
         print(json.dumps({"written": {k: str(v) for k, v in result.written.items()},
                           "errors": result.errors, "skipped": result.skipped,

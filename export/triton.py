@@ -36,8 +36,9 @@ def config_pbtxt(name: str, config: ModelConfig, layer, dtype: str = "fp32") -> 
         f"name: {json.dumps(name)}",
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {config.max_batch_size}",
-        "input [", _tensor("input", dtype, dims), "]",
-        "output [", _tensor("output", dtype, layer.sample_output_shape(dims)), "]",
+        "input [", ",\n".join(_tensor(n, dtype, dims) for n in layer.input_names), "]",
+        "output [", ",\n".join(_tensor(n, dtype, layer.sample_output_shape(dims))
+                               for n in layer.output_names), "]",
         "dynamic_batching {",
         f"  max_queue_delay_microseconds: {config.max_queue_delay_us}",
         "  default_queue_policy {",
@@ -64,7 +65,7 @@ class TritonExport:
 
 def write_triton_repository(model_repository: str | Path, out: str | Path, *,
                             opset: int | None = None, dtype: str = "fp32", form: str = "auto",
-                            check: bool = True) -> TritonExport:
+                            check: bool = True, ort_fused: bool = False) -> TritonExport:
     """Export every model of a normserve repository into a Triton repository at ``out``.
 
     A model that fails to load, export or match the kernel is left out and named in
@@ -77,7 +78,7 @@ def write_triton_repository(model_repository: str | Path, out: str | Path, *,
         name = folder.name
         try:
             config, layer = load_model(folder)
-            model = to_onnx(layer, opset, dtype=dtype, form=form)
+            model = to_onnx(layer, opset, dtype=dtype, form=form, ort_fused=ort_fused)
             if check:
                 result.reports[name] = report = check_parity(layer, model)
                 if not report.ok:

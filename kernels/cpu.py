@@ -158,11 +158,12 @@ _norm_rows = row_norm.serial
 
 @threaded_kernel(**_OPTS)
 def add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
-    """``h = x + residual (+ skip)`` in the data's dtype, then ``row_norm`` of each ``h`` row
-    while it is still in cache: x and residual read once, h and out written once.
+    """``h = x + residual`` (one correctly rounded add), or with ``has_skip`` the float64 sum
+    ``x + residual + skip`` rounded once; then ``row_norm`` of each ``h`` row while it is
+    still in cache: x and residual read once, h and out written once.
 
     ``h``/``out`` may be ``residual``/``x`` themselves: every element is read before it is
-    written, at the same index. ``has_skip`` (not adding zeros) keeps ``-0 + -0`` at ``-0``.
+    written, at the same index. Without a skip bias no zeros are added (``-0 + 0`` is ``+0``).
     """
     rows, n = x.shape
     for r in prange(rows):
@@ -171,7 +172,7 @@ def add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip)
         dst = h[r]
         if has_skip:
             for j in range(n):
-                dst[j] = (src[j] + res[j]) + skip[j]
+                dst[j] = (np.float64(src[j]) + np.float64(res[j])) + skip[j]
         else:
             for j in range(n):
                 dst[j] = src[j] + res[j]

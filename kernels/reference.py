@@ -33,17 +33,20 @@ def rms_norm(x, normalized_shape, weight=None, eps=None, offset=0.0) -> np.ndarr
     x = _f64(x)
     axes = tuple(range(x.ndim - len(tuple(normalized_shape)), x.ndim))
     y = x / np.sqrt((x**2).mean(axis=axes, keepdims=True) + eps)
-    scale = 1.0 if weight is None else _f64(weight)
-    return y * (offset + scale) if offset or weight is not None else y
+    return y * (offset + (1.0 if weight is None else _f64(weight)))
 
 
 def _residual_sum(x, residual, skip_bias=None) -> np.ndarray:
+    """``x + residual (+ skip_bias)`` in float64, rounded once to the inputs' dtype (the
+    contract: the norm reads the rounded sum), returned as float64."""
     h = _f64(x) + _f64(residual)
-    return h if skip_bias is None else h + _f64(skip_bias)
+    if skip_bias is not None:
+        h = h + _f64(skip_bias)
+    return h.astype(np.asarray(x).dtype).astype(np.float64)
 
 
 def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, offset=0.0):
-    """(rms_norm(x + residual), x + residual), in float64 (eps from ``x``'s dtype)."""
+    """(rms_norm(h), h) with ``h = x + residual`` rounded once (eps from ``x``'s dtype)."""
     if eps is None:
         eps = np.finfo(np.float64 if np.asarray(x).dtype == np.float64 else np.float32).eps
     h = _residual_sum(x, residual)
@@ -52,7 +55,7 @@ def add_rms_norm(x, residual, normalized_shape, weight=None, eps=None, offset=0.
 
 def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, skip_bias=None,
                    eps=1e-5):
-    """(layer_norm(x + residual + skip_bias), x + residual + skip_bias), in float64."""
+    """(layer_norm(h), h) with ``h = x + residual + skip_bias`` rounded once."""
     h = _residual_sum(x, residual, skip_bias)
     return layer_norm(h, normalized_shape, weight, bias, eps), h
 

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ..graph import FLOAT, GraphBuilder
+from ..graph import DOUBLE, FLOAT, GraphBuilder
 from .registry import onnx_builder
 from .row_norms import layer_norm, rms_norm
 
@@ -20,15 +20,19 @@ CONTRIB = "com.microsoft"
 
 
 def _residual_sum(g: GraphBuilder, layer, x: str, residual: str) -> str:
-    """``h = x + residual (+ skip_bias)`` in FP32, rounded to the I/O dtype and back."""
-    h = g.op("Add", [x, residual], "residual_sum")
-    skip = getattr(layer, "skip_bias", None)
-    if skip is not None:
+    """``h`` as the kernels form it: ``x + residual`` one FP32 add, or with a skip bias the
+    three terms summed in float64; rounded once to the I/O dtype, then read as FP32."""
+    skip = layer.skip_bias
+    if skip is None:
+        h = g.op("Add", [x, residual], "residual_sum")
+        rounded = h if g.io_type == FLOAT else g.cast(h, g.io_type, "h_rounded")
+    else:
+        h = g.op("Add", [g.cast(x, DOUBLE, "x64"), g.cast(residual, DOUBLE, "residual64")],
+                 "residual_sum64")
         h = g.op("Add", [h, g.initializer("skip_bias", skip.reshape(layer.normalized_shape),
-                                          FLOAT)], "residual_sum")
-    if g.io_type != FLOAT:
-        h = g.cast(g.cast(h, g.io_type, "h_rounded"), FLOAT, "h32")
-    return h
+                                          DOUBLE)], "residual_sum64")
+        rounded = g.cast(h, g.io_type, "h_rounded")
+    return rounded if g.io_type == FLOAT else g.cast(rounded, FLOAT, "h32")
 
 
 def _contrib(g: GraphBuilder, layer, x: str, residual: str) -> tuple[str, str]:

@@ -3,9 +3,11 @@
 ``add_rms_norm`` and ``add_layer_norm`` read ``x`` and ``residual`` and write ``y`` and
 ``h = x + residual (+ skip_bias)``, the next block's residual (vLLM's ``fused_add_rms_norm``,
 ONNX Runtime's ``SkipSimplifiedLayerNormalization`` / ``SkipLayerNormalization``). ``h`` is
-summed in the compute dtype and rounded once to the input dtype, and ``y`` is the unfused
-norm's kernel applied to that rounded ``h``: the fused result is bitwise normserve's own add
-followed by the unfused norm, so fusing never changes an answer.
+the exact sum rounded once to the input dtype (``x + residual`` is one correctly rounded add,
+what PyTorch gives; with ``skip_bias`` the three terms are summed in float64 first, so that
+they too round once), and ``y`` is the unfused norm's kernel applied to that rounded ``h``:
+the fused result is bitwise normserve's own add followed by the unfused norm, so fusing
+never changes an answer. FP64 data sums in float64.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import dtypes
 from .. import reference as R
 from .base import PreparedLayer, f64, filled, optional_array, reject_unknown
 from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, prepare, register
@@ -59,19 +60,20 @@ class _AddNorm:
         return prepare(self.unfused, params, device=self.device, **self.hyper)
 
     def add_on_host(self, x: np.ndarray, residual: np.ndarray, h: np.ndarray) -> None:
-        """``h = x + residual (+ skip_bias)`` summed in the compute dtype and rounded once to
-        ``h``'s dtype, in NumPy: the dtypes a backend cannot round to in its kernel."""
-        cdt = dtypes.compute_dtype(np.dtype(x.dtype))
-        acc = x.astype(cdt)
+        """``h = x + residual (+ skip_bias)`` summed in float64 and rounded once to ``h``'s
+        dtype, in NumPy: for the dtypes a backend cannot round to in its kernel."""
+        acc = x.astype(np.float64)
         acc += residual
         if self._skip is not None:
-            acc += self._skip.reshape(-1).astype(cdt).reshape(self.normalized_shape)
+            acc += self._skip
         np.copyto(h, acc, casting="unsafe")
 
-    def _kernel_params(self, shape):
+    def _cast_params(self, dtype, shape):
+        """The skip bias stays float64: the kernels add it to the float64 sum."""
         n = math.prod(self.normalized_shape)
         skip = filled(n, 0.0) if self._skip is None else self._skip.reshape(n)
-        return {**super()._kernel_params(shape), "skip_bias": skip}
+        return {**super()._cast_params(dtype, shape),
+                "skip_bias": np.ascontiguousarray(skip, dtype=np.float64)}
 
     def _run_add(self, be, x, residual, h, out, p) -> None:
         """The backend's fused kernel on contiguous compute-dtype arrays."""
