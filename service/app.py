@@ -14,15 +14,20 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
+import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import numba
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from numba.core import event as numba_event
 
 from normserve.kernels.cpu_jit import set_parallel_min_work
 
@@ -163,12 +168,54 @@ def _on_stop_signals(ctx: Context, grpc_server: GrpcServer | None) -> None:
             return
 
 
+class _Compiles(numba_event.Listener):
+    """Counts the kernels Numba compiles (cache misses; what its cache holds loads without an
+    event) and, at the first, says what is going on: a first start compiles for seconds."""
+
+    def __init__(self) -> None:
+        self.kernels = 0
+        self.cached_in: set[str] = set()
+        self._depth = 0  # a kernel's helpers compile inside its own event
+        self._lock = threading.Lock()
+
+    def on_start(self, event: numba_event.Event) -> None:
+        with self._lock:
+            self._depth += 1
+            if self._depth > 1:
+                return
+            self.kernels += 1
+            path = event.data["dispatcher"].stats.cache_path
+            if path:
+                path = numba.config.CACHE_DIR or path  # NUMBA_CACHE_DIR, else by the sources
+                self.cached_in.add(str(path))
+            if self.kernels == 1:
+                log.info("compiling kernels (once: Numba caches them%s, and later starts load "
+                         "them in about a second)...", f" in {path}" if path else "")
+
+    def on_end(self, event: numba_event.Event) -> None:
+        with self._lock:
+            self._depth -= 1
+
+
 async def _warm_all(registry: Registry, grpc_server: GrpcServer | None) -> None:
-    for model in list(registry.models.values()):
-        try:
-            await registry.warm(model)
-        except Exception:  # a model that cannot run is reported, and the others still warm
-            log.exception("warm-up of %s failed", model.name)
+    compiles = _Compiles()
+    start = time.perf_counter()
+    with numba_event.install_listener("numba:compile", compiles):
+        for model in list(registry.models.values()):
+            try:
+                await registry.warm(model)
+            except Exception:  # a model that cannot run is reported, and the others still warm
+                log.exception("warm-up of %s failed", model.name)
+    if registry.settings.warmup:
+        if not compiles.kernels:
+            how = "every kernel loaded from Numba's cache"
+        elif compiles.cached_in:
+            how = (f"{compiles.kernels} kernel(s) compiled, cached for the next start in "
+                   f"{os.path.commonpath(sorted(compiles.cached_in))}")
+        else:
+            how = f"{compiles.kernels} kernel(s) compiled, not cached (no writable cache directory)"
+        log.info("warm-up: %d model(s) in %.1f s; %s", len(registry.models),
+                 time.perf_counter() - start, how)
     registry.cluster.report(ready=registry.ready)
     # What start-up made (modules, compiled kernels, models) lives as long as the process:
     # out of the collector's sight, full collections stop walking it. They paused the event

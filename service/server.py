@@ -18,7 +18,10 @@ import tempfile
 from pathlib import Path
 
 from .core.metrics import MULTIPROC_DIR_ENV
+from .cpus import Plan, plan_workers, usable_cpus
 from .settings import ENV_VAR, Settings
+
+log = logging.getLogger("normserve")
 
 
 def _positive(kind: type) -> object:
@@ -30,6 +33,11 @@ def _positive(kind: type) -> object:
     return parse
 
 
+def _workers(text: str) -> int | None:
+    """``auto`` (None) or a number of workers."""
+    return None if text == "auto" else _positive(int)(text)  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="normserve serve",
                                 description="Serve normalisation layers over KServe v2.")
@@ -39,8 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port")
     p.add_argument("--grpc-port", type=int, default=8001,
                    help="gRPC port (Triton's GRPCInferenceService and grpc.health.v1); 0: off")
-    p.add_argument("--workers", type=_positive(int), default=1,
-                   help="server processes (each batches on its own)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N|auto",
+                   help="server processes (each batches on its own); auto (the default): one "
+                        "per CPU this process may use (affinity, cgroup CPU quota, "
+                        "$NORMSERVE_CPUS), at most 16 and half the memory limit at ~340 MB "
+                        "each, one with --allow-shared-memory; kernel threads split so that "
+                        "workers x threads never exceed the CPUs")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
     p.add_argument("--admin-token", default=os.environ.get("NORMSERVE_ADMIN_TOKEN"),
                    help="token for PUT/DELETE /v1/models (default: $NORMSERVE_ADMIN_TOKEN; "
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"normserve serve: --model-repository {args.model_repository}: not a directory",
               file=sys.stderr)
         return 2
-    if args.allow_shared_memory and args.workers > 1:
+    if args.allow_shared_memory and (args.workers or 1) > 1:
         print("normserve serve: --allow-shared-memory needs --workers 1 (regions are registered "
               "in one process)", file=sys.stderr)
         return 2
@@ -150,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"normserve serve: --device: {exc}", file=sys.stderr)
             return 2
+    try:
+        plan = _plan(args)
+    except ValueError as exc:
+        print(f"normserve serve: {exc}", file=sys.stderr)
+        return 2
+    args.workers = plan.workers
     settings = settings_from(args)
     runtime_dir = None
     if args.workers > 1:  # where the workers agree on what they serve (models.cluster)
@@ -159,11 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ[MULTIPROC_DIR_ENV] = os.path.join(runtime_dir, "metrics")
         os.mkdir(os.environ[MULTIPROC_DIR_ENV])
     os.environ[ENV_VAR] = settings.to_env()
-    if args.workers > 1 and "NUMBA_NUM_THREADS" not in os.environ:
-        # Each worker process has its own Numba thread pool: share the cores, don't
-        # oversubscribe them (N pools of all-cores threads thrash on the big batches).
-        os.environ["NUMBA_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    _set_kernel_threads(plan.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    log.info("%d worker(s) x %d kernel thread(s): %s", plan.workers, plan.threads, plan.why)
 
     # uvicorn re-raises a captured SIGTERM once its graceful shutdown is done; the handler in
     # place then is this one, so a drained server exits 0 rather than dying of the signal.
@@ -174,6 +190,29 @@ def main(argv: list[str] | None = None) -> int:
         if runtime_dir is not None:
             shutil.rmtree(runtime_dir, ignore_errors=True)
     return 0
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    """How many workers (``--workers``, or auto) and kernel threads each."""
+    user_threads = os.environ.get("NUMBA_NUM_THREADS", "")
+    if user_threads and (not user_threads.isdigit() or int(user_threads) < 1):
+        raise ValueError(f"NUMBA_NUM_THREADS: must be a whole number >= 1, got {user_threads!r}")
+    return plan_workers(args.workers, usable_cpus(),
+                        allow_shared_memory=args.allow_shared_memory,
+                        user_threads=int(user_threads) if user_threads else None)
+
+
+def _set_kernel_threads(threads: int) -> None:
+    """Each worker's Numba pool: spawned workers read ``NUMBA_NUM_THREADS`` when they import
+    Numba; this process (the one worker of ``--workers 1``) imported it already, so its pool
+    is sized before it starts (Numba reads the number once, at import)."""
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    import numba
+    from numba.np.ufunc import parallel
+
+    if not parallel._is_initialized:
+        numba.config.NUMBA_NUM_THREADS = threads
+        parallel.NUM_THREADS = threads
 
 
 def _run_uvicorn(args: argparse.Namespace) -> None:

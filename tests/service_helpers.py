@@ -78,6 +78,10 @@ class Server:
         if "--grpc-port" not in args:
             args = ("--grpc-port", str(free_port()), *args)
         self.grpc_port = int(args[args.index("--grpc-port") + 1])
+        # One worker unless a test asks: most check one process's behaviour (per-worker bounds,
+        # signals); the default, --workers auto, has its own tests (test_workers_auto.py).
+        if "--workers" not in args:
+            args = ("--workers", "1", *args)
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         # Closed in stop(); a file (not a pipe) so that a chatty server never blocks on it.
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
