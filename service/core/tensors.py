@@ -69,7 +69,7 @@ def _names(names: tuple[str, ...]) -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def bind_inputs(call: InferCall, names: tuple[str, ...], model: str = "the model"
+def bind_inputs(call: InferCall, names: tuple[str, ...], model: str | None = None
                 ) -> tuple[tuple[np.ndarray, str], ...]:
     """The request's input arrays (with their fields) in the order of the model's input
     ``names``, or a 400 naming the input at fault.
@@ -82,6 +82,7 @@ def bind_inputs(call: InferCall, names: tuple[str, ...], model: str = "the model
             raise InvalidInput(f"inputs: exactly one input is required, got "
                                f"{1 + len(call.more_inputs)}")
         return ((call.array, call.field),)
+    model = "the model" if model is None else f"model {model!r}"
     given = {call.input_name: (call.array, call.field)}
     for name, array, field in call.more_inputs:
         given[name] = (array, field)
@@ -112,7 +113,7 @@ Selected = tuple[tuple[int, OutputRequest | None], ...]
 
 
 def select_outputs(call: InferCall, names: tuple[str, ...], every: Selected,
-                   model: str = "the model") -> Selected:
+                   model: str | None = None) -> Selected:
     """The outputs to return: those the request names, in its order, or ``every`` one of the
     model's (``names``) when it names none; a 400 naming an unknown one."""
     if call.outputs is None:
@@ -122,10 +123,11 @@ def select_outputs(call: InferCall, names: tuple[str, ...], every: Selected,
         try:
             selected.append((names.index(out.name), out))
         except ValueError:
+            owner = "the model" if model is None else f"model {model!r}"
             raise InvalidInput(
                 f"{out.field}.name: unknown output {out.name!r}; "
                 + (f"the only output is {names[0]!r}" if len(names) == 1
-                   else f"{model}'s outputs are {_names(names)}")) from None
+                   else f"{owner}'s outputs are {_names(names)}")) from None
     return tuple(selected)
 
 

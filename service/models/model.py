@@ -55,18 +55,16 @@ class Model:
     def bind(self, call: InferCall) -> tuple[np.ndarray, ...]:
         """The request's input arrays in the layer's order, each checked against this
         model's shape (a 400 naming the input at fault)."""
-        bound = bind_inputs(call, self.layer.input_names, f"model {self.name!r}")
-        if len(bound) == 1:
-            array, field_name = bound[0]
-            self.check_input(array.shape, field_name + ".shape")
-            return (array,)
+        if not call.more_inputs and len(self.layer.input_names) == 1:  # the hot case
+            self.check_input(call.array.shape, call.field + ".shape")
+            return (call.array,)
+        bound = bind_inputs(call, self.layer.input_names, self.name)
         self.check_input(bound[0][0].shape, bound[0][1] + ".shape")  # the others agree
         return tuple(array for array, _ in bound)
 
     def select(self, call: InferCall) -> Selected:
         """The outputs to answer with (a 400 naming an unknown one)."""
-        return select_outputs(call, self.layer.output_names, self.every_output,
-                              f"model {self.name!r}")
+        return select_outputs(call, self.layer.output_names, self.every_output, self.name)
 
     def check_input(self, shape: tuple[int, ...], field_name: str) -> None:
         """A 400 unless ``shape`` is a non-empty batch of this model's per-sample shape."""
