@@ -51,9 +51,19 @@ def row_launch(n: int, rows: int) -> tuple[int, tuple[int, int]]:
     return (rows + per_block - 1) // per_block, (width, per_block)
 
 
-@cache
 def norm_kernel(acc):
     """Layer/RMS/group/instance norm kernel accumulating in the Numba type ``acc``."""
+    return _norm_kernels(acc)[0]
+
+
+def add_norm_kernel(acc):
+    """The fused residual add + layer/RMS norm kernel accumulating in ``acc``."""
+    return _norm_kernels(acc)[1]
+
+
+@cache
+def _norm_kernels(acc):
+    """Both row kernels of one accumulation type, sharing the row normaliser ``norm_row``."""
 
     @cuda.jit(device=True)
     def block_sum2(sh_a, sh_b, base, tx, width, a, b):
@@ -73,9 +83,10 @@ def norm_kernel(acc):
         cuda.syncthreads()  # the buffers are reused by the next reduction
         return ra, rb
 
-    @cuda.jit
-    def norm_rows(x, out, weight, bias, groups, spatial, eps, center):
-        """Normalise each row of ``x`` (rows, n); the affine is per ``j // spatial`` channel.
+    @cuda.jit(device=True)
+    def norm_row(x, out, weight, bias, groups, spatial, eps, center):
+        """Normalise this thread row's row of ``x`` (rows, n); the affine is per
+        ``j // spatial`` channel.
 
         Layer norm and RMSNorm are ``groups = spatial = 1`` (one weight per feature); a row
         of group norm is (sample, group), its channel ``(r % groups) * n / spatial + j // spatial``.
@@ -152,7 +163,32 @@ def norm_kernel(acc):
                 out[r, j] = ((acc(x[r, j]) - mean) - corr) * rstd * weight[c] + bias[c]
                 j += width
 
-    return norm_rows
+    @cuda.jit
+    def norm_rows(x, out, weight, bias, groups, spatial, eps, center):
+        norm_row(x, out, weight, bias, groups, spatial, eps, center)
+
+    @cuda.jit
+    def add_norm_rows(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
+        """``h = x + residual`` (one add, rounded once on the store), or with ``has_skip`` the
+        float64 sum ``x + residual + skip`` rounded once; then ``norm_row`` of ``h``.
+
+        Each thread re-reads only the ``h`` elements it wrote itself, so no barrier is needed
+        before the normaliser; ``h``/``out`` may be ``residual``/``x`` (same index only).
+        """
+        rows, n = x.shape
+        width = cuda.blockDim.x
+        r = cuda.blockIdx.x * cuda.blockDim.y + cuda.threadIdx.y
+        if r < rows:
+            j = cuda.threadIdx.x
+            while j < n:
+                if has_skip:
+                    h[r, j] = (float64(x[r, j]) + float64(residual[r, j])) + skip[j]
+                else:
+                    h[r, j] = acc(x[r, j]) + acc(residual[r, j])
+                j += width
+        norm_row(h, out, weight, bias, 1, 1, eps, center)
+
+    return norm_rows, add_norm_rows
 
 
 @cuda.jit

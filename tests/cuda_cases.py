@@ -16,8 +16,8 @@ from normserve import kernels
 from normserve.kernels.kinds import Sizes, kinds
 from normserve.kernels.oracle import assert_close, reference
 
-__all__ = ["Case", "Sizes", "assert_matches_reference", "make_case", "make_cases",
-           "random_input"]
+__all__ = ["Case", "Sizes", "assert_matches_reference", "fused_matches", "make_case",
+           "make_cases", "random_input"]
 
 
 @dataclass
@@ -44,8 +44,26 @@ def make_case(kind: str, s: Sizes, seed: int = 0) -> Case:
 
 
 def make_cases(s: Sizes, seed: int = 0) -> list[Case]:
-    """One case per kind, with every optional parameter present and non-trivial."""
-    return [make_case(kind, s, seed) for kind in kinds()]
+    """One case per kind of one input, every optional parameter present and non-trivial (the
+    fused kinds, two inputs and two outputs, are tested on their own: ``fused_matches``)."""
+    return [make_case(kind, s, seed) for kind, k in kinds().items()
+            if len(k.layer.input_names) == 1]
+
+
+def fused_matches(kind: str, x: np.ndarray, residual: np.ndarray, params: dict,
+                  hyper: dict, device_outs=None) -> None:
+    """A fused kind on the GPU: ``h`` bitwise the CPU's (the sum rounded once), ``y`` bitwise
+    the GPU's own unfused norm of that ``h``, both close to the float64 reference."""
+    layer = kernels.prepare(kind, params, device="cuda", **hyper)
+    y, h = layer.apply(x, residual)
+    assert isinstance(y, np.ndarray) and y.dtype == h.dtype == x.dtype
+    _, h_cpu = layer.to("cpu").apply(x, residual)
+    assert h.tobytes() == h_cpu.tobytes()
+    unfused = layer.unfused_layer().apply(h)
+    assert y.tobytes() == unfused.tobytes()
+    y_ref, h_ref = reference(kind, (x, residual), params, hyper)
+    assert_close(h, h_ref, x.dtype, err_msg=f"{kind} h")
+    assert_close(y, y_ref, x.dtype, err_msg=f"{kind} y")
 
 
 def random_input(shape: tuple[int, ...], dtype: np.dtype, seed: int = 1,

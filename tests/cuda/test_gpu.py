@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cuda_cases import Sizes, assert_matches_reference, make_case, make_cases, random_input
+from cuda_cases import (
+    Sizes,
+    assert_matches_reference,
+    fused_matches,
+    make_case,
+    make_cases,
+    random_input,
+)
 
 from normserve.kernels import dtypes
 
@@ -46,6 +53,23 @@ def test_kind_matches_reference(kind: str, dtype: np.dtype, sizes: str) -> None:
     case = (CASES if sizes == "realistic" else ODD_CASES)[kind]
     x = random_input(case.shape, dtype)
     assert_matches_reference(case, x, case.layer().apply(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [4096, 1001, 9000])
+@pytest.mark.parametrize("kind", ["add_rms_norm", "add_layer_norm"])
+def test_fused_kind_is_the_unfused_add_and_norm(kind: str, n: int, dtype: np.dtype) -> None:
+    """Rows in registers (n <= ITEMS * MAX_THREADS) and past them (9000)."""
+    rng = np.random.default_rng(0)
+    params = {"weight": rng.uniform(0.5, 1.5, n)}
+    hyper: dict[str, Any] = {"normalized_shape": [n]}
+    if kind == "add_layer_norm":
+        params |= {"bias": rng.uniform(-1, 1, n), "skip_bias": rng.uniform(-0.5, 0.5, n)}
+    else:
+        hyper["offset"] = 1.0
+    x = random_input((67, n), dtype)
+    r = random_input((67, n), dtype, seed=2)
+    fused_matches(kind, x, r, params, hyper)
 
 
 @pytest.mark.parametrize("kind", sorted(CASES))

@@ -51,8 +51,12 @@ def test_every_kernel_compiles(data: types.Type) -> None:
     affine_sig = (_arr(data, 1), _arr(data, 1), _arr(types.float64, 1),
                   _arr(types.float64, 1), types.int64, types.int64)
     linear_sig = (_arr(data, 2), _arr(acc, 2), _arr(acc, 1), _arr(data, 2))
+    add_norm_sig = (_arr(data, 2), _arr(data, 2), _arr(types.float64, 1), _arr(data, 2),
+                    _arr(data, 2), _arr(acc, 1), _arr(acc, 1), types.float64, types.boolean,
+                    types.boolean)
     for kernel, sig in ((ck.norm_kernel(acc), norm_sig), (ck.channel_affine, affine_sig),
-                        (ck.linear_kernel(acc), linear_sig)):
+                        (ck.linear_kernel(acc), linear_sig),
+                        (ck.add_norm_kernel(acc), add_norm_sig)):
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=CC)
         assert ".entry" in ptx
         assert "st.local" not in ptx  # register tiles stayed in registers

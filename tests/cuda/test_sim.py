@@ -35,7 +35,14 @@ if not SIMULATED:
         assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
 
 else:
-    from cuda_cases import Sizes, assert_matches_reference, make_case, make_cases, random_input
+    from cuda_cases import (
+        Sizes,
+        assert_matches_reference,
+        fused_matches,
+        make_case,
+        make_cases,
+        random_input,
+    )
     from numba import cuda
 
     from normserve import kernels
@@ -193,6 +200,48 @@ else:
             layer.apply(cuda.to_device(np.zeros((3, 37), dtype=np.int32)))
         with pytest.raises(TypeError, match="x"):
             layer.apply([[1.0] * 37])
+
+    FUSED = {"add_rms_norm": ({"weight": np.linspace(-0.5, 0.5, 37)}, {"offset": 1.0}),
+             "add_layer_norm": ({"weight": np.linspace(0.5, 1.5, 37),
+                                 "bias": np.linspace(-1, 1, 37),
+                                 "skip_bias": np.linspace(-0.3, 0.2, 37)}, {})}
+
+    @pytest.mark.parametrize("dtype", ["float32", "float16", "float64", "bfloat16"])
+    @pytest.mark.parametrize("kind", sorted(FUSED))
+    def test_fused_kind_is_the_unfused_add_and_norm(kind: str, dtype: str) -> None:
+        if dtype == "bfloat16" and dtypes.BFLOAT16 is None:
+            pytest.skip("ml_dtypes not installed")
+        dt = dtypes.BFLOAT16 if dtype == "bfloat16" else np.dtype(dtype)
+        params, hyper = FUSED[kind]
+        x = random_input((3, 37), dt)
+        r = random_input((3, 37), dt, seed=2, offset=1.0)
+        fused_matches(kind, x, r, params, {"normalized_shape": [37], **hyper})
+
+    def test_fused_in_place_on_device_arrays() -> None:
+        params, hyper = FUSED["add_layer_norm"]
+        layer = kernels.prepare("add_layer_norm", params, normalized_shape=[37],
+                                device="cuda", **hyper)
+        x = random_input((2, 37), np.dtype(np.float32))
+        r = random_input((2, 37), np.dtype(np.float32), seed=2)
+        y, h = layer.apply(x, r)
+        dx, dr = cuda.to_device(x), cuda.to_device(r)
+        dy, dh = layer.apply(dx, dr, out=dx, residual_out=dr)  # vLLM's in-place update
+        assert dy is dx and dh is dr
+        np.testing.assert_array_equal(dy.copy_to_host(), y)
+        np.testing.assert_array_equal(dh.copy_to_host(), h)
+        with pytest.raises(ValueError, match="residual"):
+            layer.apply(cuda.to_device(x), cuda.to_device(r[:1]))
+        with pytest.raises(TypeError, match="residual_out"):
+            layer.apply(cuda.to_device(x), cuda.to_device(r),
+                        residual_out=cuda.device_array((2, 37), dtype=np.float64))
+        assert layer.apply(x[:0], r[:0])[0].shape == (0, 37)
+
+    def test_fused_nan_stays_in_its_row() -> None:
+        x = random_input((3, 37), np.dtype(np.float32))
+        r = random_input((3, 37), np.dtype(np.float32), seed=2)
+        r[1, 4] = np.nan
+        y, h = kernels.add_rms_norm(x, r, [37], device="cuda")
+        assert np.isnan(y[1]).all() and np.isfinite(y[[0, 2]]).all() and np.isnan(h[1, 4])
 
     def test_cpu_kernels_still_work_beside_the_simulator() -> None:
         """The simulator flag only swaps numba.cuda; @njit CPU kernels run as usual."""
