@@ -197,3 +197,30 @@ def test_v1_normalize_refuses_a_kind_of_two_inputs(http: Any) -> None:
         "kind": "add_rms_norm", "normalized_shape": [4],
         "input": {"shape": [1, 4], "datatype": "FP32", "data": x.ravel().tolist()}})
     assert resp.status_code == 400 and resp.json()["error"].startswith("kind:"), resp.text
+
+
+def test_a_fused_model_registered_at_run_time_is_served(model_repository: Any) -> None:
+    """PUT /v1/models with a fused kind: served with its two inputs and outputs, and its
+    ONNX export downloadable."""
+    auth = {"Authorization": "Bearer t0ken"}
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    r = -x[::-1].copy()
+    skip = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    with in_process(model_repository=str(model_repository), admin_token="t0ken") as app:
+        resp = app.http.put("/v1/models/block", headers=auth, json={
+            "kind": "add_layer_norm", "normalized_shape": [4], "input_shape": [4],
+            "params": {"skip_bias": {"shape": [4], "datatype": "FP32",
+                                     "data": skip.tolist()}}})
+        assert resp.status_code == 201, resp.text
+        assert [t["name"] for t in resp.json()["metadata"]["outputs"]] == list(OUTPUTS)
+        res = result(app.http.post("/v2/models/block/infer",
+                                   json=json_body(("input", x), ("residual", r))))
+        layer = app.ctx.registry.get("block").layer
+        want_y, want_h = layer.apply_all((x, r))
+        assert res.as_numpy("output").tobytes() == want_y.tobytes()
+        assert res.as_numpy("residual_out").tobytes() == want_h.tobytes()
+        ref_y, ref_h = reference("add_layer_norm", (x, r), {"skip_bias": skip},
+                                 {"normalized_shape": [4]})
+        assert_close(want_y, ref_y, np.float32)
+        assert_close(want_h, ref_h, np.float32)
+        assert app.http.get("/v1/models/block/model.onnx").status_code == 200
