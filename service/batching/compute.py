@@ -73,12 +73,15 @@ def _joined(layer: PreparedLayer, xs: list[Tensors], targets: list[Targets | Non
         return [layer.apply_all(ins, targets[0])]
     first = ins[0]
     shape = layer.output_shape(first.shape)
-    batch_outs = tuple(POOL.empty(shape, first.dtype) for _ in layer.output_names)
+    one = len(layer.output_names) == 1  # the common case, without generators
+    batch_outs = (POOL.empty(shape, first.dtype),) if one else \
+        tuple(POOL.empty(shape, first.dtype) for _ in layer.output_names)
     layer.apply_all(ins, batch_outs)
     outs, at = [], 0
     for x, target in zip(xs, targets, strict=True):
         n = x[0].shape[0]
-        mine = tuple(out[at:at + n] for out in batch_outs)
+        mine = (batch_outs[0][at:at + n],) if one else \
+            tuple(out[at:at + n] for out in batch_outs)
         if target is not None:
             mine = tuple(_fill(t, rows) for t, rows in zip(target, mine, strict=True))
         outs.append(mine)
