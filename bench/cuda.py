@@ -3,7 +3,8 @@
 ``normserve bench --device cuda`` calls ``main``. Times come from CUDA events around a run of
 back-to-back calls (divided by their number), so Numba's per-launch Python overhead is hidden
 behind the GPU work as it would be in a busy service; the same method times PyTorch. GB/s counts
-the bytes a kernel must move (input read, output written, parameters read); the copy probe is
+the bytes a kernel must move (inputs read, outputs written, parameters read: a fused norm
+reads x and residual and writes y and h); the copy probe is
 a device-to-device memcpy of 256 MiB, counted as read plus write the same way.
 
 Target (issue 5): layer norm and RMSNorm on 8192x4096, FP32 and FP16, at >= 80% of the copy
@@ -108,8 +109,10 @@ def copy_bandwidth(repeat: int = 20) -> float:
     return 2 * COPY_PROBE_BYTES / (ms * 1e-3) / 1e9
 
 
-def _torch_fn(case: BenchCase, layer: Any, params: dict[str, np.ndarray], x_np: np.ndarray):
-    """The kind's torch call on CUDA tensors, or None without torch/CUDA."""
+def _torch_fn(case: BenchCase, layer: Any, params: dict[str, np.ndarray],
+              xs_np: Sequence[np.ndarray]):
+    """The kind's torch call on CUDA tensors (a tuple of them for a kind of several inputs),
+    or None without torch/CUDA."""
     try:
         import torch
     except ImportError:
@@ -117,7 +120,8 @@ def _torch_fn(case: BenchCase, layer: Any, params: dict[str, np.ndarray], x_np: 
     if not torch.cuda.is_available():
         return None
     dt = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}[case.dtype]
-    x = torch.from_numpy(x_np).to("cuda")
+    xs = tuple(torch.from_numpy(x).to("cuda") for x in xs_np)
+    x = xs[0] if len(xs) == 1 else xs
     t = {k: torch.from_numpy(np.asarray(v)).to("cuda", dt) for k, v in params.items()}
     return kinds()[case.kind].torch_peer(layer, x, t)
 
@@ -139,11 +143,13 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
     example = case.example(rng)
     shape = example.shape(case.sizes.batch)
     layer = kernels.prepare(case.kind, example.params, device="cuda", **example.hyper)
-    x_np = rng.standard_normal(shape).astype(case.dtype)
-    dx = cuda.to_device(x_np)
-    dout = cuda.device_array(layer.output_shape(shape), dtype=case.dtype)
-    ms = _time_ms(lambda: layer.apply(dx, dout), cuda.event, cuda.synchronize, repeat, inner)
-    moved = dx.nbytes + dout.nbytes
+    xs_np = [rng.standard_normal(shape).astype(case.dtype) for _ in layer.input_names]
+    dxs = [cuda.to_device(x) for x in xs_np]
+    douts = [cuda.device_array(layer.output_shape(shape), dtype=case.dtype)
+             for _ in layer.output_names]
+    ms = _time_ms(lambda: layer.apply_all(dxs, douts), cuda.event, cuda.synchronize, repeat,
+                  inner)
+    moved = sum(a.nbytes for a in (*dxs, *douts))
     moved += sum(p.nbytes for p in layer._params_for(np.dtype(np.float32), shape).values())
     gbs = moved / (ms * 1e-3) / 1e9
     row: dict[str, Any] = {"kind": case.kind, "shape": "x".join(map(str, shape)),
@@ -152,7 +158,7 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
                            "target": case.target}
     if kinds()[case.kind].benchmarks.gemm:
         row["TFLOP/s"] = 2 * layer.work(shape) / (ms * 1e-3) / 1e12
-    fn = _torch_fn(case, layer, example.params, x_np)
+    fn = _torch_fn(case, layer, example.params, xs_np)
     if fn is not None:
         row["torch_ms"] = _torch_time(fn, repeat, inner)
         row["speedup"] = row["torch_ms"] / ms
@@ -161,7 +167,7 @@ def run_case(case: BenchCase, copy_gbs: float, repeat: int, inner: int) -> dict[
 
 def format_table(rows: Sequence[dict[str, Any]], copy_gbs: float, device: str) -> str:
     lines = [f"device: {device}; device-to-device copy: {copy_gbs:.0f} GB/s",
-             f"{'kind':<14}{'shape':<18}{'dtype':<9}{'ms':>9}{'GB/s':>9}{'%copy':>7}"
+             f"{'kind':<16}{'shape':<18}{'dtype':<9}{'ms':>9}{'GB/s':>9}{'%copy':>7}"
              f"{'torch ms':>10}{'vs torch':>9}  note"]
     for r in rows:
         torch_ms = "-" if r["torch_ms"] is None else f"{r['torch_ms']:.3f}"
@@ -170,7 +176,7 @@ def format_table(rows: Sequence[dict[str, Any]], copy_gbs: float, device: str) -
         if r["target"]:
             ok = r["copy"] >= TARGET_FRACTION and (r["speedup"] is None or r["speedup"] >= 1.0)
             note = "target met" if ok else "target MISSED"
-        lines.append(f"{r['kind']:<14}{r['shape']:<18}{r['dtype']:<9}{r['ms']:>9.3f}"
+        lines.append(f"{r['kind']:<16}{r['shape']:<18}{r['dtype']:<9}{r['ms']:>9.3f}"
                      f"{r['GB/s']:>9.0f}{100 * r['copy']:>6.0f}%{torch_ms:>10}{speed:>9}  {note}")
     return "\n".join(lines)
 

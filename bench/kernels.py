@@ -47,20 +47,28 @@ OURS = ("normserve one-shot", "normserve prepared", "normserve out=")
 
 @dataclass
 class Case:
-    """One benchmark shape: the layer, its input, and the peers' equivalents."""
+    """One benchmark shape: the layer, its inputs (one per ``layer.input_names``), and the
+    peers' equivalents."""
 
     name: str
     layer: PreparedLayer
-    x: np.ndarray
+    inputs: tuple[np.ndarray, ...]
     peers: dict[str, Callable[[], Any]] = field(default_factory=dict)
     flops: float = 0.0
-    out: np.ndarray | None = None  # what the ``out=`` column writes into
+    outs: tuple[np.ndarray, ...] = ()  # what the ``out=`` column writes into
+
+    @property
+    def out(self) -> np.ndarray:
+        return self.outs[0]
 
     @property
     def bytes(self) -> int:
-        out = int(np.prod(self.layer.output_shape(self.x.shape))) * self.x.itemsize
+        """Inputs read and outputs written (a fused norm: x and residual, y and h), plus the
+        parameters as FP32."""
+        x = self.inputs[0]
+        out = int(np.prod(self.layer.output_shape(x.shape))) * x.itemsize
         params = sum(v.nbytes for v in self.layer.params.values() if v is not None) // 2
-        return self.x.nbytes + out + params  # params as FP32
+        return sum(a.nbytes for a in self.inputs) + out * len(self.layer.output_names) + params
 
 
 @jit(parallel=True, nogil=True, cache=True)
@@ -73,32 +81,24 @@ def _parallel_copy(src, dst):
         dst[lo:hi] = src[lo:hi]
 
 
-def _torch_peer(kind: Kind, layer: PreparedLayer, x: np.ndarray,
+def _torch_peer(kind: Kind, layer: PreparedLayer, inputs: tuple[np.ndarray, ...],
                 params: dict[str, np.ndarray]) -> Callable[[], Any] | None:
-    """The kind's torch call on CPU tensors sharing ``x``'s and the parameters' memory."""
+    """The kind's torch call on CPU tensors sharing the inputs' and parameters' memory."""
     try:
         import torch
     except ImportError:
         return None
     tensors = {k: torch.from_numpy(np.asarray(v, dtype=np.float32)) for k, v in params.items()}
-    return kind.torch_peer(layer, torch.from_numpy(x), tensors)
+    xs = tuple(torch.from_numpy(x) for x in inputs)
+    return kind.torch_peer(layer, xs[0] if len(xs) == 1 else xs, tensors)
 
 
-def _ort_peer(node: OnnxNode, x: np.ndarray, out_shape: tuple[int, ...],
-              threads: int) -> Callable[[], Any] | None:
-    """The kind's one-node ONNX graph (its standard operator), run through IOBinding."""
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError:
-        return None
-    inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k)
-             for k, v in node.inputs.items()]
-    graph = helper.make_graph(
-        [helper.make_node(node.op, ["input", *node.inputs], ["output"], **node.attrs)], "bench",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(x.shape))],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, list(out_shape))], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", node.opset)])
+def _ort_run(model: Any, label: str, names: tuple[str, ...], inputs: tuple[np.ndarray, ...],
+             outputs: tuple[str, ...], out_shape: tuple[int, ...],
+             threads: int) -> Callable[[], Any] | None:
+    """``model`` in ONNX Runtime through IOBinding (inputs and outputs bound once)."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -106,14 +106,80 @@ def _ort_peer(node: OnnxNode, x: np.ndarray, out_shape: tuple[int, ...],
         sess = ort.InferenceSession(model.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as exc:  # an operator this ORT build lacks: report, don't crash
-        print(f"  (ONNX Runtime cannot run {node.op}-{node.opset}: {exc})", file=sys.stderr)
+        print(f"  (ONNX Runtime cannot run {label}: {exc})", file=sys.stderr)
         return None
-    out = np.empty(out_shape, np.float32)
     binding = sess.io_binding()
-    binding.bind_cpu_input("input", x)
-    binding.bind_output("output", "cpu", 0, np.float32, list(out_shape), out.ctypes.data)
-    # ``out`` rides along in the closure: ORT writes through a raw pointer to it.
-    return lambda out=out: sess.run_with_iobinding(binding)
+    for name, x in zip(names, inputs, strict=True):
+        binding.bind_cpu_input(name, x)
+    outs = [np.empty(out_shape, np.float32) for _ in outputs]
+    for name, out in zip(outputs, outs, strict=True):
+        binding.bind_output(name, "cpu", 0, np.float32, list(out_shape), out.ctypes.data)
+    # ``outs`` ride along in the closure: ORT writes through raw pointers to them.
+    return lambda outs=outs: sess.run_with_iobinding(binding)
+
+
+def _ort_peer(node: OnnxNode, names: tuple[str, ...], inputs: tuple[np.ndarray, ...],
+              out_shape: tuple[int, ...], threads: int) -> Callable[[], Any] | None:
+    """The kind's one-node ONNX graph (its standard operator, or ONNX Runtime's fused contrib
+    one for the fused norms)."""
+    try:
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float32), k)
+             for k, v in node.inputs.items()]
+    outputs = tuple(o for o in node.outputs if o)
+    graph = helper.make_graph(
+        [helper.make_node(node.op, [*names, *node.inputs], list(node.outputs),
+                          domain=node.domain or None, **node.attrs)], "bench",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(x.shape))
+         for n, x in zip(names, inputs, strict=True)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, list(out_shape)) for o in outputs],
+        inits)
+    opsets = [helper.make_opsetid("", node.opset)]
+    if node.domain:
+        opsets.append(helper.make_opsetid(node.domain, 1))
+    return _ort_run(helper.make_model(graph, opset_imports=opsets), f"{node.op}-{node.opset}",
+                    names, inputs, outputs, out_shape, threads)
+
+
+def _ort_standard_graph(layer: PreparedLayer, inputs: tuple[np.ndarray, ...],
+                        out_shape: tuple[int, ...], threads: int) -> Callable[[], Any] | None:
+    """The exporter's standard graph with the ONNX operators (Add + LayerNormalization /
+    RMSNormalization, or the opset's decomposition): what ONNX Runtime runs unfused."""
+    try:
+        from normserve.export import OpsetError, to_onnx
+    except ImportError:
+        return None
+    try:
+        model = to_onnx(layer, form="native", check=False)
+    except OpsetError:
+        model = to_onnx(layer, check=False)
+    return _ort_run(model, "the standard graph", layer.input_names, inputs, layer.output_names,
+                    out_shape, threads)
+
+
+def _unfused_calls(layer: Any, inputs: tuple[np.ndarray, ...],
+                   outs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
+    """normserve's own two calls a fused norm replaces: NumPy's add, then the unfused norm."""
+    norm = layer.unfused_layer()
+    (x, residual), (y, h) = inputs, outs
+    skip = layer.skip_bias
+    skip = None if skip is None else skip.astype(np.float32)
+
+    def run():
+        np.add(x, residual, out=h)
+        if skip is not None:
+            np.add(h, skip, out=h)
+        return norm.apply(h, y), h
+
+    return run
+
+
+def _selects(only: str, name: str) -> bool:
+    """``only`` occurs in ``name`` from the start of a word: "rms_norm" selects the unfused
+    kind's cases, not add_rms_norm's; "256x4096" selects every kind's at that shape."""
+    return name.startswith(only) or f" {only}" in name
 
 
 def build_cases(threads: int, only: str | None = None) -> list[Case]:
@@ -124,7 +190,7 @@ def build_cases(threads: int, only: str | None = None) -> list[Case]:
             example = kind.example(np.random.default_rng(0), sizes, True)
             shape = example.shape(sizes.batch)
             name = f"{kind.name} {'x'.join(map(str, shape))}"
-            if only and only not in name:
+            if only and not _selects(only, name):
                 continue
             cases.append(_case(kind, name, example, shape, threads))
     return cases
@@ -135,17 +201,27 @@ def _case(kind: Kind, name: str, example: Example, shape: tuple[int, ...],
     params = {k: v.astype(np.float32) for k, v in example.params.items()}  # as torch holds them
     hyper = example.hyper
     layer = prepare(kind.name, params, **hyper)
-    x = np.random.default_rng(1).standard_normal(shape, dtype=np.float32)
-    out = np.empty(layer.output_shape(shape), np.float32)
-    case = Case(name, layer, x, out=out)
+    rng = np.random.default_rng(1)
+    xs = tuple(rng.standard_normal(shape, dtype=np.float32) for _ in layer.input_names)
+    out_shape = layer.output_shape(shape)
+    outs = tuple(np.empty(out_shape, np.float32) for _ in layer.output_names)
+    case = Case(name, layer, xs, outs=outs)
     one_shot = kind.functional
-    case.peers[OURS[0]] = lambda f=one_shot, x=x, p=params, h=hyper: f(x, **p, **h)
-    case.peers[OURS[1]] = lambda layer=layer, x=x: layer.apply(x)
-    case.peers[OURS[2]] = lambda layer=layer, x=x, out=out: layer.apply(x, out)
-    case.peers["numpy"] = kind.numpy_peer(layer, x)
-    for label, peer in (("torch", _torch_peer(kind, layer, x, params)),
-                        ("onnxruntime", _ort_peer(kind.onnx_peer(layer, params), x, out.shape,
-                                                  threads))):
+    case.peers[OURS[0]] = lambda f=one_shot, xs=xs, p=params, h=hyper: f(*xs, **p, **h)
+    if len(xs) == 1:  # the call a user makes: apply(x), not the service's apply_all
+        case.peers[OURS[1]] = lambda layer=layer, x=xs[0]: layer.apply(x)
+        case.peers[OURS[2]] = lambda layer=layer, x=xs[0], out=outs[0]: layer.apply(x, out)
+    else:
+        case.peers[OURS[1]] = lambda layer=layer, xs=xs: layer.apply(*xs)
+        case.peers[OURS[2]] = lambda layer=layer, xs=xs, outs=outs: layer.apply(*xs, *outs)
+    case.peers["numpy"] = kind.numpy_peer(layer, xs[0] if len(xs) == 1 else xs)
+    peers = [("torch", _torch_peer(kind, layer, xs, params)),
+             ("onnxruntime", _ort_peer(kind.onnx_peer(layer, params), layer.input_names, xs,
+                                       out_shape, threads))]
+    if len(xs) > 1:  # a fused kind: also the unfused pair, in ONNX Runtime and in normserve
+        peers += [("onnxruntime add+norm", _ort_standard_graph(layer, xs, out_shape, threads)),
+                  ("normserve add+norm", _unfused_calls(layer, xs, outs))]
+    for label, peer in peers:
         if peer is not None:
             case.peers[label] = peer
     if kind.benchmarks.gemm:
@@ -288,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions per implementation")
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="thread counts to run (default: 1 and all cores)")
-    ap.add_argument("--only", help="run only the cases whose name contains this text")
+    ap.add_argument("--only", help="run only the cases whose name contains this text from "
+                                   "the start of a word")
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
                     help="back-to-back: each call right after the cache flush; idle: every "
                          "thread pool parked first (default: both)")

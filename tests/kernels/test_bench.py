@@ -41,3 +41,44 @@ def test_rows_and_summary_cover_every_mode_and_column(tmp_path):
     summary = bench.format_summary(rows).splitlines()
     assert all(k in summary[0] for k in bench.OURS)
     assert [line.split(" | ")[1] for line in summary[2:]] == list(bench.MODES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_name", ["add_rms_norm 256x4096", "add_layer_norm 8192x1024"])
+def test_fused_cases_compute_the_same_block_in_every_column(case_name):
+    """Both outputs of every column: normserve's three calls bitwise, its unfused pair and
+    torch's x + r then norm close; ORT's fused contrib node and standard Add + norm graph run."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    (case,) = bench.build_cases(1, case_name)
+    assert case.bytes >= 4 * case.inputs[0].nbytes  # 2 read + 2 written
+    one_shot, prepared = (case.peers[k]() for k in bench.OURS[:2])
+    case.peers[bench.OURS[2]]()
+    written = tuple(o.copy() for o in case.outs)
+    unfused = case.peers["normserve add+norm"]()
+    for a, b, c, d in zip(one_shot, prepared, written, unfused, strict=True):
+        assert a.tobytes() == b.tobytes() == c.tobytes()
+        # bitwise where NumPy's add is normserve's (x + r); a skip bias NumPy adds in a
+        # second FP32 rounding, the kernels round the sum once
+        if case.layer.skip_bias is None:
+            assert d.tobytes() == b.tobytes()
+        np.testing.assert_allclose(d, b, rtol=1e-5, atol=1e-5)
+    got = case.peers["torch"]()
+    for t, y in zip(got, prepared, strict=True):
+        np.testing.assert_allclose(t.numpy(), y, rtol=1e-5, atol=1e-5)
+    assert isinstance(got[0], torch.Tensor)
+    for label in ("onnxruntime", "onnxruntime add+norm"):
+        case.peers[label]()  # writes into buffers bound once; runs without error
+
+
+@pytest.mark.slow
+def test_fused_case_runs_through_the_command(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "bench.json"
+    assert bench.main(["--only", "add_rms_norm 256x4096", "--reps", "2", "--threads", "1",
+                       "--modes", "back-to-back", "--no-compile-times", "--json",
+                       str(path)]) == 0
+    impls = {r["impl"] for r in json.loads(path.read_text())["rows"]}
+    assert impls >= {*bench.OURS, "torch", "onnxruntime", "onnxruntime add+norm",
+                     "normserve add+norm"}
