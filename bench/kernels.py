@@ -38,6 +38,7 @@ from normserve.bench.machine import describe
 from normserve.kernels import PreparedLayer, prepare
 from normserve.kernels.cpu_jit import jit
 from normserve.kernels.kinds import Example, Kind, OnnxNode, Sizes, kinds
+from normserve.kernels.kinds.fused_norms import numpy_sum
 
 FLUSH_BYTES = 256 << 20
 MODES = ("back-to-back", "idle")
@@ -163,17 +164,9 @@ def _unfused_calls(layer: Any, inputs: tuple[np.ndarray, ...],
                    outs: tuple[np.ndarray, ...]) -> Callable[[], Any]:
     """normserve's own two calls a fused norm replaces: NumPy's add, then the unfused norm."""
     norm = layer.unfused_layer()
-    (x, residual), (y, h) = inputs, outs
-    skip = layer.skip_bias
-    skip = None if skip is None else skip.astype(np.float32)
-
-    def run():
-        np.add(x, residual, out=h)
-        if skip is not None:
-            np.add(h, skip, out=h)
-        return norm.apply(h, y), h
-
-    return run
+    y, h = outs
+    add = numpy_sum(layer, *inputs, h)
+    return lambda: (norm.apply(add(), y), h)
 
 
 def _selects(only: str, name: str) -> bool:

@@ -22,6 +22,7 @@ from .. import reference as R
 from .base import PreparedLayer, f64, filled, optional_array, reject_unknown
 from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, prepare, register
 from .row_norms import LayerNorm, RMSNorm, _numpy_peer
+from .row_norms import _example as _row_example
 
 #: ONNX Runtime's fused operators live in its contrib domain.
 CONTRIB = "com.microsoft"
@@ -132,30 +133,41 @@ def add_layer_norm(x, residual, normalized_shape, weight=None, bias=None, skip_b
 
 
 def _example(center: bool):
+    """The row norm's example; add_layer_norm's draws a skip bias after its weight and bias."""
+    row_example = _row_example(center)
+
     def example(rng: Rng, sizes: Sizes, affine: bool = True) -> Example:
-        shape = (sizes.features,) if isinstance(sizes.features, int) else tuple(sizes.features)
-        n = math.prod(shape)
-        params = {"weight": rng.uniform(0.5, 1.5, n).reshape(shape)} if affine else {}
+        ex = row_example(rng, sizes, affine)
         if affine and center:
-            params["bias"] = rng.uniform(-1.0, 1.0, n).reshape(shape)
-            params["skip_bias"] = rng.uniform(-0.5, 0.5, n).reshape(shape)
-        return Example(params, {"normalized_shape": list(shape)}, shape, shape)
+            ex.params["skip_bias"] = rng.uniform(-0.5, 0.5, math.prod(ex.sample)).reshape(
+                ex.sample)
+        return ex
 
     return example
 
 
-def _numpy_add_peer(layer: _AddNorm, xs):
-    """NumPy's add into a kept buffer, then the vectorised FP32 NumPy norm of it."""
-    x, residual = xs
-    h = np.empty_like(x)
-    norm = _numpy_peer(layer, h)
+def numpy_sum(layer: _AddNorm, x: np.ndarray, residual: np.ndarray, h: np.ndarray):
+    """A call writing ``h`` as a NumPy user adds: ``x + residual (+ skip_bias)``, each add
+    rounded in ``x``'s dtype (the benchmarks' unfused peers)."""
     skip = layer.skip_bias
     skip = None if skip is None else skip.astype(x.dtype)
 
-    def run():
+    def run() -> np.ndarray:
         np.add(x, residual, out=h)
         if skip is not None:
             np.add(h, skip, out=h)
+        return h
+
+    return run
+
+
+def _numpy_add_peer(layer: _AddNorm, xs):
+    """NumPy's add into a kept buffer, then the vectorised FP32 NumPy norm of it."""
+    h = np.empty_like(xs[0])
+    add, norm = numpy_sum(layer, *xs, h), _numpy_peer(layer, h)
+
+    def run():
+        add()
         return norm(), h
 
     return run
