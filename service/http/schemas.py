@@ -53,8 +53,12 @@ class InferenceRequest(BaseModel):
     parameters: dict[str, Any] | None = Field(
         default=None, description="binary_data_output (bool), timeout (microseconds); "
                                   "others are ignored, as Triton does")
-    inputs: list[TensorInput] = Field(max_length=64)
-    outputs: list[RequestedOutput] | None = Field(default=None, max_length=64)
+    inputs: list[TensorInput] = Field(
+        max_length=64, description="the model's inputs by name (a model of one input takes "
+                                   "it under any name)")
+    outputs: list[RequestedOutput] | None = Field(
+        default=None, max_length=64,
+        description="the outputs to return, in this order; none named: every output")
 
 
 class Tensor(BaseModel):
