@@ -114,3 +114,25 @@ def test_cli_writes_repository(tmp_path, capsys):
     assert "-> OK" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["batch_norm", "rms_norm"]
     assert normserve(["export", "--triton-repository", str(out), str(tmp_path / "none")]) == 2
+
+
+@pytest.mark.parametrize("ort_fused", [False, True])
+def test_fused_norms_list_both_inputs_and_outputs(tmp_path, ModelConfig, ort_fused):
+    repo = make_repository(tmp_path / "models", kinds=("add_rms_norm", "add_layer_norm"))
+    result = export.write_triton_repository(repo, tmp_path / "triton", ort_fused=ort_fused)
+    assert result.reports["add_rms_norm"].ok
+    if ort_fused:  # SkipLayerNormalization misses the SPEC on 1e4 + N(0, 1): not written
+        assert sorted(result.written) == ["add_rms_norm"]
+        assert any("less accurate side" in n for n in result.reports["add_layer_norm"].notes)
+    else:
+        assert sorted(result.written) == ["add_layer_norm", "add_rms_norm"]
+    for name in result.written:
+        config = text_format.Parse((tmp_path / "triton" / name / "config.pbtxt").read_text(),
+                                   ModelConfig())
+        assert [i.name for i in config.input] == ["input", "residual"]
+        assert [o.name for o in config.output] == ["output", "residual_out"]
+        onnx_path = tmp_path / "triton" / name / "1" / "model.onnx"
+        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).standard_normal((5, *config.input[0].dims))
+        feeds = {i.name: x.astype(np.float32) for i in config.input}
+        assert [a.shape for a in sess.run(None, feeds)] == [(5, *config.output[0].dims)] * 2
