@@ -40,7 +40,7 @@ from .http.fastpath import InferFastPath
 from .http.responses import OrjsonResponse
 from .http.tags import OPENAPI_TAGS
 from .models.registry import Registry
-from .settings import Settings
+from .settings import LOG_FORMAT, Settings
 
 if TYPE_CHECKING:
     from .grpc.server import GrpcServer
@@ -233,4 +233,9 @@ async def _warm_all(registry: Registry, grpc_server: GrpcServer | None) -> None:
 
 def create_app_from_env() -> InferFastPath:
     """uvicorn's factory for ``--workers N``: settings come through the environment."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    if not logging.getLogger().handlers:
+        # A spawned worker: the CLI's logging set-up stays in its process; without this the
+        # workers' info lines (what they serve, the warm-up) would not be seen.
+        logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    return create_app(settings)

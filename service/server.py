@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .core.metrics import MULTIPROC_DIR_ENV
 from .cpus import Plan, plan_workers, usable_cpus
-from .settings import ENV_VAR, Settings
+from .settings import ENV_VAR, LOG_FORMAT, Settings
 
 log = logging.getLogger("normserve")
 
@@ -130,7 +130,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         parallel_min_work=args.parallel_min_work,
         host=args.host, grpc_port=args.grpc_port, allow_shared_memory=args.allow_shared_memory,
         model_control_mode=args.model_control_mode,
-        repository_poll_secs=args.repository_poll_secs, load_models=tuple(args.load_model))
+        repository_poll_secs=args.repository_poll_secs, load_models=tuple(args.load_model),
+        log_level=args.log_level)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         os.mkdir(os.environ[MULTIPROC_DIR_ENV])
     os.environ[ENV_VAR] = settings.to_env()
     _set_kernel_threads(plan.threads)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     log.info("%d worker(s) x %d kernel thread(s): %s", plan.workers, plan.threads, plan.why)
 
     # uvicorn re-raises a captured SIGTERM once its graceful shutdown is done; the handler in

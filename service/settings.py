@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields
 import orjson
 
 ENV_VAR = "NORMSERVE_SETTINGS"
+#: How the server's own log lines look (the CLI's process and each spawned worker).
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class Settings:
     # With --workers N: the folder the parent process made for its workers to agree in
     # (models.cluster); None with one worker.
     runtime_dir: str | None = None
+    # The "normserve" loggers' level (--log-level): spawned workers set their logging up anew.
+    log_level: str = "info"
 
     def to_env(self) -> str:
         return orjson.dumps(asdict(self)).decode()

@@ -32,6 +32,8 @@ def test_auto_follows_the_cpus_and_says_so(tmp_path):
     with running_server("--workers", "auto", env={CPUS_ENV: "2"}) as srv:
         assert "INFO normserve: 2 worker(s) x 1 kernel thread(s)" in srv.output()
         assert len(_workers(srv)) == 2
+        # Each spawned worker logs too (its logging is set up anew): what it serves, its warm-up.
+        assert srv.output().count("INFO normserve: warm-up: ") == 2
         assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
 
 
