@@ -53,7 +53,11 @@ SAMPLE_SHAPES: dict[str, tuple[int, ...]] = {
     "group_norm_8": (8, 3),
     "weight_norm_64x32": (64,),
     "spectral_norm_64x32": (64,),
+    "gemma_rms_norm_256": (256,),
 }
+#: Every model of the demo repository: those above (one input each) and the fused models of
+#: two inputs (service_fused_cases.FUSED).
+DEMO_MODELS = sorted(p.name for p in DEMO.iterdir() if (p / "config.json").is_file())
 #: The one allowance past ``kernels.oracle``'s SPEC tolerances: test_service_batching's
 #: concurrency inputs are far wider than SPEC-scale data (N(0, 1) scaled up to 33x, offset up
 #: to 49), and on them an FP32 GEMM rounds to ~1.5e-5 of weight_norm's small outputs. FP32

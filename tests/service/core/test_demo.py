@@ -16,7 +16,8 @@ def test_demo_repository_is_what_demo_py_writes():
     models = demo_models()
     assert sorted(cfg["kind"] for cfg, _ in models.values()) == sorted(
         ["batch_norm", "layer_norm", "rms_norm", "instance_norm", "group_norm", "weight_norm",
-         "spectral_norm"])
+         "spectral_norm", "add_rms_norm", "add_layer_norm",
+         "rms_norm"])  # the second rms_norm: Gemma's, with offset 1
     for name, (_, params) in models.items():
         shipped = demo_params(name)
         assert sorted(shipped) == sorted(params)

@@ -30,8 +30,9 @@ from normserve.service.models.registry import DEMO_REPOSITORY
 
 TOKEN = "t0ken"
 AUTH = f"Bearer {TOKEN}"
-DEMO_MODELS = {"batch_norm_8", "group_norm_8", "instance_norm_4", "layer_norm_1024",
-               "rms_norm_512", "spectral_norm_64x32", "weight_norm_64x32"}
+DEMO_MODELS = {"add_layer_norm_256", "add_rms_norm_512", "batch_norm_8", "gemma_rms_norm_256",
+               "group_norm_8", "instance_norm_4", "layer_norm_1024", "rms_norm_512",
+               "spectral_norm_64x32", "weight_norm_64x32"}
 
 
 def call_of(x: np.ndarray, **fields: Any) -> InferCall:

@@ -18,6 +18,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_helpers import (
+    DEMO_MODELS,
     SAMPLE_SHAPES,
     assert_matches_reference,
     check_triton_config,
@@ -91,7 +92,7 @@ def test_health_metadata_config_and_index(client, server):
     assert err.value.status() == "StatusCode.UNAUTHENTICATED"
     index = client.get_model_repository_index(
         headers={"authorization": f"Bearer {TOKEN}"}, as_json=True)["models"]
-    assert sorted(m["name"] for m in index) == KINDS
+    assert sorted(m["name"] for m in index) == DEMO_MODELS
     assert all(m["state"] == "READY" for m in index)
 
 

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from service_helpers import (
+    DEMO_MODELS,
     SAMPLE_SHAPES,
     assert_matches_reference,
     check_triton_config,
@@ -114,7 +115,7 @@ def test_normalize_inline_layer(http, name):
 
 def test_model_list(http):
     listed = http.get("/v1/models").json()
-    assert sorted(m["name"] for m in listed["models"]) == sorted(SAMPLE_SHAPES)
+    assert sorted(m["name"] for m in listed["models"]) == DEMO_MODELS
     assert listed["skipped"] == []
 
 

@@ -7,7 +7,13 @@ from __future__ import annotations
 import httpx
 import pytest
 import tritonclient.http as httpclient
-from service_helpers import SAMPLE_SHAPES, check_triton_config, in_thread, sample_input
+from service_helpers import (
+    DEMO_MODELS,
+    SAMPLE_SHAPES,
+    check_triton_config,
+    in_thread,
+    sample_input,
+)
 from tritonclient.utils import InferenceServerException
 
 TOKEN = "tok"
@@ -52,7 +58,7 @@ def test_statistics(client):
     assert after["inference_stats"]["success"]["count"] == \
         before["inference_stats"]["success"]["count"] + 1
     every = client.get_inference_statistics()["model_stats"]
-    assert sorted(m["name"] for m in every) == sorted(SAMPLE_SHAPES)
+    assert sorted(m["name"] for m in every) == DEMO_MODELS
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_inference_statistics("nope")
 
@@ -65,7 +71,7 @@ def test_repository_api_is_admin_only(client):
             call()
         assert err.value.status() == "401", err.value
     index = client.get_model_repository_index(headers=ADMIN)
-    assert sorted(m["name"] for m in index) == sorted(SAMPLE_SHAPES)
+    assert sorted(m["name"] for m in index) == DEMO_MODELS
     assert all(m["state"] == "READY" and m["version"] == "1" for m in index)
     with pytest.raises(InferenceServerException, match="not allowed in model control mode"):
         client.load_model("layer_norm_1024", headers=ADMIN)
