@@ -144,20 +144,35 @@ def _ort_peer(node: OnnxNode, names: tuple[str, ...], inputs: tuple[np.ndarray, 
                     names, inputs, outputs, out_shape, threads)
 
 
-def _ort_standard_graph(layer: PreparedLayer, inputs: tuple[np.ndarray, ...],
-                        out_shape: tuple[int, ...], threads: int) -> Callable[[], Any] | None:
-    """The exporter's standard graph with the ONNX operators (Add + LayerNormalization /
-    RMSNormalization, or the opset's decomposition): what ONNX Runtime runs unfused."""
+def _ort_standard_graph(layer: Any, params: dict[str, np.ndarray],
+                        inputs: tuple[np.ndarray, ...], out_shape: tuple[int, ...],
+                        threads: int) -> Callable[[], Any] | None:
+    """A fused norm as a user exports the block: FP32 ``Add`` (a second for the skip bias),
+    then the unfused kind's standard operator; what ONNX Runtime runs unfused (its graph
+    optimiser may fuse it again, as it would in a user's session)."""
     try:
-        from normserve.export import OpsetError, to_onnx
+        from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         return None
-    try:
-        model = to_onnx(layer, form="native", check=False)
-    except OpsetError:
-        model = to_onnx(layer, check=False)
-    return _ort_run(model, "the standard graph", layer.input_names, inputs, layer.output_names,
-                    out_shape, threads)
+    norm = kinds()[layer.unfused].onnx_peer(layer.unfused_layer(), params)
+    inits = {k: np.asarray(v, np.float32) for k, v in norm.inputs.items()}
+    skip = params.get("skip_bias")
+    nodes = [helper.make_node("Add", ["input", "residual"],
+                              ["residual_out" if skip is None else "sum"])]
+    if skip is not None:
+        inits["skip_bias"] = np.asarray(skip, np.float32)
+        nodes.append(helper.make_node("Add", ["sum", "skip_bias"], ["residual_out"]))
+    nodes.append(helper.make_node(norm.op, ["residual_out", *norm.inputs], ["output"],
+                                  **norm.attrs))
+    names, outputs = ("input", "residual"), ("output", "residual_out")
+    graph = helper.make_graph(
+        nodes, "bench",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(out_shape)) for n in names],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(out_shape)) for n in outputs],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", norm.opset)])
+    return _ort_run(model, f"Add + {norm.op}-{norm.opset}", names, inputs, outputs, out_shape,
+                    threads)
 
 
 def _unfused_calls(layer: Any, inputs: tuple[np.ndarray, ...],
@@ -212,7 +227,8 @@ def _case(kind: Kind, name: str, example: Example, shape: tuple[int, ...],
              ("onnxruntime", _ort_peer(kind.onnx_peer(layer, params), layer.input_names, xs,
                                        out_shape, threads))]
     if len(xs) > 1:  # a fused kind: also the unfused pair, in ONNX Runtime and in normserve
-        peers += [("onnxruntime add+norm", _ort_standard_graph(layer, xs, out_shape, threads)),
+        peers += [("onnxruntime add+norm", _ort_standard_graph(layer, params, xs, out_shape,
+                                                               threads)),
                   ("normserve add+norm", _unfused_calls(layer, xs, outs))]
     for label, peer in peers:
         if peer is not None:

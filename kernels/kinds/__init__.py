@@ -1,7 +1,8 @@
 """The kinds of layer normserve serves, one module per family, each kind declared once.
 
 ``base`` holds what every prepared layer shares and ``registry`` the declarations; every other
-module here is a family (``row_norms``, ``batch_norm``, ``grouped_norms``, ``linears``) that
+module here is a family (``row_norms``, ``fused_norms``, ``batch_norm``, ``grouped_norms``,
+``linears``) that
 defines its layers and one-shot functions and registers its kinds. Importing this package
 imports every family, so a new family is one new module.
 """
