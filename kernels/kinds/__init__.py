@@ -2,8 +2,8 @@
 
 ``base`` holds what every prepared layer shares and ``registry`` the declarations; every other
 module here is a family (``row_norms``, ``fused_norms``, ``batch_norm``, ``grouped_norms``,
-``linears``) that defines its layers and one-shot functions and registers its kinds. Importing this package
-imports every family, so a new family is one new module.
+``linears``) that defines its layers and one-shot functions and registers its kinds.
+Importing this package imports every family, so a new family is one new module.
 """
 
 from __future__ import annotations
