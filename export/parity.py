@@ -82,11 +82,13 @@ class ParityReport:
         """The report as a text table, with notes."""
         head = (f"parity: {self.kind}  opset {self.opset}  {self.dtype}  form {self.form}  "
                 f"-> {'OK' if self.ok else 'MISMATCH'}")
-        rows = [head, f"  {'data':<13}{'executor':<10}{'batch':>6}  {'max abs':>10}  "
+        labels = [c.data if c.output == "output" else f"{c.data}:{c.output}"
+                  for c in self.cases]
+        w = max([13, *(len(label) + 1 for label in labels)])
+        rows = [head, f"  {'data':<{w}}{'executor':<10}{'batch':>6}  {'max abs':>10}  "
                       f"{'max rel':>10}  {'tol':>7}  {'graph-f64':>10}  {'kernel-f64':>10}"]
-        for c in self.cases:
-            data = c.data if c.output == "output" else f"{c.data}:{c.output}"
-            rows.append(f"  {data:<13}{c.executor:<10}{c.batch:>6}  {c.max_abs:>10.3e}  "
+        for data, c in zip(labels, self.cases, strict=True):
+            rows.append(f"  {data:<{w}}{c.executor:<10}{c.batch:>6}  {c.max_abs:>10.3e}  "
                         f"{c.max_rel:>10.3e}  {c.tol:>7.0e}  {c.err_graph:>10.3e}  "
                         f"{c.err_kernel:>10.3e}  {'ok' if c.passed else 'FAIL'}")
         rows += [f"  note: {n}" for n in self.notes]
@@ -181,7 +183,7 @@ def check_parity(layer, model: onnx.ModelProto | None = None, *, opset: int | No
                 report.cases.append(Case(data, name, batch, dtype, max_abs, max_rel, tol,
                                          passed, _mixed(got, exact), _mixed(expected, exact),
                                          out))
-    _attribute(report)
+    _attribute(report, fused)
     if fused and dtype == "fp16" and not report.ok:
         report.notes.append(
             "ONNX Runtime's fused operators normalise the FP32 sum x + residual, where the "
@@ -196,12 +198,13 @@ def check_parity(layer, model: onnx.ModelProto | None = None, *, opset: int | No
     return report
 
 
-def _attribute(report: ParityReport) -> None:
+def _attribute(report: ParityReport, fused: bool = False) -> None:
     """Say where the graph's executor, not the kernel, is the less accurate side."""
     tol = TOLERANCE[report.dtype]
     for c in report.cases:
         if c.executor == "ort" and c.err_graph > max(tol, 4 * c.err_kernel):
-            hint = ("" if report.form == "stable" else
+            hint = ("; export without ort_fused (--ort-fused) for the standard graph, which "
+                    "matches the kernel" if fused else "" if report.form == "stable" else
                     "; export with form='stable' (--stable) for a two-pass graph with float64 "
                     "statistics that matches the kernel")
             report.notes.append(
