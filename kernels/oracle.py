@@ -57,7 +57,9 @@ def reference(kind: str, x: np.ndarray, params: Params, hyper: Hyper | None = No
     as ``prepare`` takes them: the oracle that also checks a prepared layer's folding.
 
     Keys a kind does not read (config.json's ``input_shape``, ``max_batch_size``...) are
-    ignored. Pass ``x`` in its own dtype: RMSNorm's default eps depends on it.
+    ignored. Pass ``x`` in its own dtype: RMSNorm's default eps depends on it. A kind of
+    several inputs (the fused norms) takes the tuple of them and returns the tuple of its
+    outputs.
     """
     return _declared(kind).reference(x, params, hyper or {})
 
