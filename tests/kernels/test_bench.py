@@ -26,14 +26,19 @@ def test_normserve_columns_agree_bitwise():
     np.testing.assert_allclose(prepared, torch_y, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_rows_and_summary_cover_every_mode_and_column(tmp_path):
+def _smoke_rows(tmp_path, only: str, *extra: str) -> list[dict]:
+    """``normserve bench`` on one case, two repetitions, one thread: its JSON rows."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     path = tmp_path / "bench.json"
-    assert bench.main(["--only", CASE, "--reps", "2", "--threads", "1", "--idle-ms", "1",
-                       "--no-compile-times", "--json", str(path)]) == 0
-    rows = json.loads(path.read_text())["rows"]
+    assert bench.main(["--only", only, "--reps", "2", "--threads", "1", "--idle-ms", "1",
+                       "--no-compile-times", "--json", str(path), *extra]) == 0
+    return json.loads(path.read_text())["rows"]
+
+
+@pytest.mark.slow
+def test_rows_and_summary_cover_every_mode_and_column(tmp_path):
+    rows = _smoke_rows(tmp_path, CASE)
     timed = [r for r in rows if r["speedup_vs_fastest_peer"] is not None]
     assert {(r["mode"], r["impl"]) for r in timed} >= {
         (m, k) for m in bench.MODES for k in (*bench.OURS, "numpy", "torch", "onnxruntime")}
@@ -76,12 +81,7 @@ def test_fused_cases_compute_the_same_block_in_every_column(case_name):
 
 @pytest.mark.slow
 def test_fused_case_runs_through_the_command(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("onnxruntime")
-    path = tmp_path / "bench.json"
-    assert bench.main(["--only", "add_rms_norm 256x4096", "--reps", "2", "--threads", "1",
-                       "--modes", "back-to-back", "--no-compile-times", "--json",
-                       str(path)]) == 0
-    impls = {r["impl"] for r in json.loads(path.read_text())["rows"]}
+    rows = _smoke_rows(tmp_path, "add_rms_norm 256x4096", "--modes", "back-to-back")
+    impls = {r["impl"] for r in rows}
     assert impls >= {*bench.OURS, "torch", "onnxruntime", "onnxruntime add+norm",
                      "normserve add+norm"}
