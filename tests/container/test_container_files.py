@@ -151,9 +151,15 @@ def test_deployment_probes_and_resources() -> None:
                                                                      ("grpc", 8001)}
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    # Numba's thread pool follows the CPU limit, not the node's core count.
-    threads = next(e for e in c["env"] if e["name"] == "NUMBA_NUM_THREADS")
-    assert threads["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    # Workers and Numba's threads follow the CPU limit, not the node's core count.
+    cpus = next(e for e in c["env"] if e["name"] == "NORMSERVE_CPUS")
+    assert cpus["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    assert "NUMBA_NUM_THREADS" not in {e["name"] for e in c["env"]}  # the server splits them
+    assert c["args"][c["args"].index("--workers") + 1] == "auto"
+    # A read-only root (issue 22), with a writable /tmp for the copy of Numba's cache.
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    tmp = next(m for m in c["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert any(v["name"] == tmp["name"] and "emptyDir" in v for v in pod["volumes"])
     # The HPA scales this Deployment and the Service selects its pods.
     assert kube["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == \
         kube["Deployment"]["metadata"]["name"]
