@@ -82,13 +82,14 @@ def usable_cpus(env: dict[str, str] | None = None, proc: Path = Path("/proc")) -
 
 
 def plan_workers(requested: int | None, cpus: Cpus, *, allow_shared_memory: bool = False,
-                 user_threads: int | None = None) -> Plan:
+                 user_threads: int | None = None, scratch: bool = True) -> Plan:
     """``requested`` workers (None: auto) and the kernel threads of each.
 
     Auto: one worker per usable CPU within the memory bound, one worker when shared memory is
     allowed (regions are registered in one process), and ``cpus // user_threads`` workers when
-    ``NUMBA_NUM_THREADS`` is set. Threads: ``NUMBA_NUM_THREADS`` when set, else the usable
-    CPUs shared between the workers."""
+    ``NUMBA_NUM_THREADS`` is set, one without a writable temporary directory (``scratch``:
+    several workers agree through a folder there, ``models.cluster``). Threads:
+    ``NUMBA_NUM_THREADS`` when set, else the usable CPUs shared between the workers."""
     if requested is not None:
         threads = user_threads or max(1, cpus.count // requested)
         return Plan(requested, threads, f"--workers {requested}; {cpus.why}")
@@ -96,6 +97,9 @@ def plan_workers(requested: int | None, cpus: Cpus, *, allow_shared_memory: bool
     if allow_shared_memory:
         workers = 1
         why += "; one worker: --allow-shared-memory registers regions in one process"
+    elif not scratch:
+        workers = 1
+        why += "; one worker: no writable temporary directory ($TMPDIR) for workers to share"
     elif user_threads:
         workers = max(1, cpus.count // user_threads)
         why += f"; NUMBA_NUM_THREADS={user_threads} per worker"

@@ -198,9 +198,18 @@ def _plan(args: argparse.Namespace) -> Plan:
     user_threads = os.environ.get("NUMBA_NUM_THREADS", "")
     if user_threads and (not user_threads.isdigit() or int(user_threads) < 1):
         raise ValueError(f"NUMBA_NUM_THREADS: must be a whole number >= 1, got {user_threads!r}")
+    try:
+        tempfile.gettempdir()  # where several workers agree (models.cluster)
+        scratch = True
+    except OSError:  # a read-only filesystem, no tmpfs anywhere
+        scratch = False
+    if not scratch and (args.workers or 1) > 1:
+        raise ValueError(f"--workers {args.workers} needs a writable temporary directory "
+                         "($TMPDIR, /tmp) for the workers to agree in")
     return plan_workers(args.workers, usable_cpus(),
                         allow_shared_memory=args.allow_shared_memory,
-                        user_threads=int(user_threads) if user_threads else None)
+                        user_threads=int(user_threads) if user_threads else None,
+                        scratch=scratch)
 
 
 def _set_kernel_threads(threads: int) -> None:

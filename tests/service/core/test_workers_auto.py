@@ -106,6 +106,22 @@ def test_auto_runs_one_worker_when_shared_memory_is_allowed():
     assert "--allow-shared-memory" in plan.why
 
 
+def test_auto_runs_one_worker_without_a_writable_temporary_directory(monkeypatch, caplog):
+    plan = plan_workers(None, Cpus(4, "test", 64 * GIB), scratch=False)
+    assert (plan.workers, plan.threads) == (1, 4) and "$TMPDIR" in plan.why
+
+    def nowhere() -> str:
+        raise FileNotFoundError("No usable temporary directory found")
+
+    monkeypatch.setattr(server.tempfile, "gettempdir", nowhere)
+    monkeypatch.setenv(CPUS_ENV, "4")
+    monkeypatch.delenv("NUMBA_NUM_THREADS", raising=False)
+    args = server.build_parser().parse_args([])
+    assert server._plan(args).workers == 1
+    with pytest.raises(ValueError, match="writable temporary directory"):
+        server._plan(server.build_parser().parse_args(["--workers", "2"]))
+
+
 def test_numba_num_threads_set_by_the_user_is_each_workers_share():
     plan = plan_workers(None, Cpus(8, "test", 64 * GIB), user_threads=2)
     assert (plan.workers, plan.threads) == (4, 2)
