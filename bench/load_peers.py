@@ -231,8 +231,9 @@ def params() -> tuple[np.ndarray, np.ndarray]:
     """The demo model's weight and bias."""
     from safetensors.numpy import load_file
 
-    tensors = load_file(str(Path(__file__).parent / "demo_repository" / MODEL
-                            / "params.safetensors"))
+    from normserve.service.models.registry import DEMO_REPOSITORY
+
+    tensors = load_file(str(Path(DEMO_REPOSITORY) / MODEL / "params.safetensors"))
     return tensors["weight"], tensors["bias"]
 
 

@@ -20,6 +20,7 @@ def test_x86_model_and_extensions(tmp_path):
     (tmp_path / "cpuinfo").write_text(XEON)
     model, flags = read_cpuinfo(tmp_path / "cpuinfo")
     assert model == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+    assert {"avx512f", "amx_tile", "fpu"} <= flags
     line = describe(tmp_path / "cpuinfo")
     assert line.startswith(model + ", ")
     assert line.endswith("vector: avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16 "
