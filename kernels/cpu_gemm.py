@@ -46,15 +46,35 @@ TILE_ROWS = {4: 12, 8: 6} if _VECTOR_BYTES == 64 else {4: 6, 8: 3}
 _ROWS_F32, _ROWS_F64 = TILE_ROWS[4], TILE_ROWS[8]
 
 
-def pack_weight(weight: np.ndarray) -> np.ndarray:
-    """(out, in) weight -> (tiles, in, 16) panels, zero-padded: each panel streams contiguously."""
+def pack_weight(weight: np.ndarray, row_scale: np.ndarray | None = None,
+                dtype: np.dtype | None = None) -> np.ndarray:
+    """(out, in) weight -> (tiles, in, TILE_COLS) panels of ``dtype``, zero-padded, each
+    streaming contiguously. With ``row_scale``, row ``o`` is ``weight[o] * row_scale[o]``
+    formed in float64 and rounded once, in the same pass: a weight-normalised layer packs its
+    direction matrix as given, without a float64 copy of the weight (one-shot calls pay this)."""
     n_out, k_in = weight.shape
-    tiles = -(-n_out // TILE_COLS)
-    packed = np.zeros((tiles, k_in, TILE_COLS), dtype=weight.dtype)
-    for t in range(tiles):
-        block = weight[t * TILE_COLS : (t + 1) * TILE_COLS]
-        packed[t, :, : block.shape[0]] = block.T
+    if row_scale is None:
+        row_scale = np.ones(n_out)
+    packed = np.empty((-(-n_out // TILE_COLS), k_in, TILE_COLS),
+                      dtype=weight.dtype if dtype is None else dtype)
+    _pack(np.ascontiguousarray(weight), np.ascontiguousarray(row_scale, np.float64), packed)
     return packed
+
+
+@threaded_kernel(nogil=True, cache=True)
+def _pack(weight, row_scale, packed):
+    """One panel per thread step; reads each weight row once, in order."""
+    n_out, k_in = weight.shape
+    for t in prange(packed.shape[0]):
+        for c in range(TILE_COLS):
+            o = t * TILE_COLS + c
+            if o < n_out:
+                s = row_scale[o]
+                for k in range(k_in):
+                    packed[t, k, c] = weight[o, k] * s
+            else:
+                for k in range(k_in):
+                    packed[t, k, c] = 0.0
 
 
 @intrinsic

@@ -4,23 +4,46 @@ normalised once at load (``w = g * v / ||v||``, ``W / sigma(W)``)."""
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
+from numba import prange
 
 from .. import reference as R
-from .base import Params, PreparedLayer, as_array, optional_array, reject_unknown, resolve_names
+from ..cpu_jit import threaded_kernel
+from .base import (
+    Params,
+    PreparedLayer,
+    _as_kernel_array,
+    as_array,
+    optional_array,
+    reject_unknown,
+    resolve_names,
+)
 from .registry import Benchmarks, Example, Kind, OnnxNode, Rng, Sizes, register
 
 
 class _Linear(PreparedLayer):
-    """``y = x @ weight.T + bias`` with a weight normalised once at load."""
+    """``y = x @ weight.T + bias`` with a weight normalised once at load.
 
-    def _set_weight(self, weight: np.ndarray, bias: Any) -> None:
-        self.weight = weight
-        self.out_features, self.in_features = weight.shape
+    The weight is kept as its source matrix (FP32 or FP64, as given) times a float64 scale per
+    output row (``g / ||v||``, ``1 / sigma``), and each backend builds its own layout from the
+    two in one pass: the float64 ``weight`` is only formed when something asks for it (export,
+    the peers), so a one-shot call on a 4096x4096 weight does not pay for 128 MB of it.
+    """
+
+    def _set_weight(self, source: np.ndarray, row_scale: np.ndarray, bias: Any) -> None:
+        self._source, self._row_scale = source, row_scale
+        self.out_features, self.in_features = source.shape
         self.bias = optional_array(bias, "bias", (self.out_features,))
         self.sample_shape = (self.in_features,)
+
+    @cached_property
+    def weight(self) -> np.ndarray:
+        """The normalised weight in float64: each element ``source * scale`` rounded once,
+        the same product the kernels' layouts round to their dtype."""
+        return self._source * self._row_scale[:, None]
 
     @property
     def params(self):
@@ -38,24 +61,53 @@ class _Linear(PreparedLayer):
     def work(self, shape):
         return math.prod(shape) * self.out_features  # multiply-adds
 
-    def _kernel_params(self, shape):
+    def _cast_params(self, dtype, shape):
         bias = np.zeros(self.out_features) if self.bias is None else self.bias
-        # Each backend reads the weight in its own layout: (in, out) unless it says otherwise.
-        layout = getattr(self._backend, "linear_weight", _transposed)
-        return {"weight": np.ascontiguousarray(layout(self.weight)), "bias": bias}
+        # Each backend reads the weight in its own layout: (in, out) unless it packs its own.
+        pack = getattr(self._backend, "linear_weight", None)
+        if pack is None:
+            weight = np.ascontiguousarray(self.weight.T, dtype=dtype)
+        else:
+            weight = pack(self._source, self._row_scale, dtype)
+        return {"weight": weight, "bias": _as_kernel_array(bias, dtype)}
 
     def _run(self, be, x, out, p):
         be.linear(x.reshape(-1, self.in_features), p["weight"], p["bias"],
                   out.reshape(-1, self.out_features))
 
 
-def _transposed(weight: np.ndarray) -> np.ndarray:
-    return weight.T
+@threaded_kernel(nogil=True, cache=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _row_sum_squares(v, out):
+    """``out[o] = sum(v[o] ** 2)`` in float64: the weight-norm denominators, one read of ``v``
+    whatever its dtype (a NaN or Inf in a row makes its sum non-finite)."""
+    for o in prange(v.shape[0]):
+        row = v[o]
+        ss = 0.0
+        for k in range(row.shape[0]):
+            e = np.float64(row[k])
+            ss += e * e
+        out[o] = ss
 
 
-def weight_norm_weight(weight_v: Any, weight_g: Any, dim: int = 0) -> np.ndarray:
-    """``w = g * v / ||v||``, the norm over every axis but ``dim`` (torch's weight_norm)."""
-    v = as_array(weight_v, "weight_v", ndim=2)
+def _checked_norms(sum_squares: np.ndarray, v: np.ndarray) -> np.ndarray:
+    if not np.isfinite(sum_squares).all() and not np.isfinite(v).all():
+        raise ValueError("weight_v contains NaN or Inf")
+    if np.any(sum_squares == 0):
+        raise ValueError("weight_v has an all-zero slice: its norm is 0")
+    return np.sqrt(sum_squares)
+
+
+def weight_norm_scale(weight_v: Any, weight_g: Any, dim: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """``w = g * v / ||v||`` (the norm over every axis but ``dim``, as torch's weight_norm) as
+    ``(source, row_scale)`` with ``w[o] = source[o] * row_scale[o]``: for ``dim=0`` the
+    source is ``v`` itself (FP32/FP64 kept as given) and the scale ``g / ||v[o]||``."""
+    if isinstance(weight_v, np.ndarray) and weight_v.dtype.char in "fd":
+        v = weight_v  # checked for NaN/Inf by its norms, in the same read
+        if v.ndim != 2:
+            raise ValueError(f"weight_v must have 2 dimension(s), got shape {v.shape}")
+    else:
+        v = as_array(weight_v, "weight_v", ndim=2)
     g = as_array(weight_g, "weight_g")
     if dim not in (0, 1, -1, -2):
         raise ValueError(f"dim must be 0 or 1 for a linear weight, got {dim}")
@@ -63,10 +115,14 @@ def weight_norm_weight(weight_v: Any, weight_g: Any, dim: int = 0) -> np.ndarray
     expected = (v.shape[0], 1) if dim == 0 else (1, v.shape[1])
     if g.size != expected[0] * expected[1]:
         raise ValueError(f"weight_g must have shape {list(expected)}, got {list(g.shape)}")
-    norm = np.sqrt((v * v).sum(axis=1 - dim, keepdims=True))
-    if np.any(norm == 0):
-        raise ValueError("weight_v has an all-zero slice: its norm is 0")
-    return g.reshape(expected) * v / norm
+    if dim == 0:
+        v = np.ascontiguousarray(v)
+        sum_squares = np.empty(v.shape[0])
+        _row_sum_squares(v, sum_squares)
+        return v, g.reshape(-1) / _checked_norms(sum_squares, v)
+    v = v.astype(np.float64)  # norms down the columns: rare, formed in NumPy
+    norm = _checked_norms((v * v).sum(axis=0), v)
+    return v * (g.reshape(-1) / norm), np.ones(v.shape[0])
 
 
 class WeightNormLinear(_Linear):
@@ -79,7 +135,7 @@ class WeightNormLinear(_Linear):
     def __init__(self, weight_v, weight_g, bias=None, dim=0, device="cpu"):
         super().__init__(device)
         self.dim = dim
-        self._set_weight(weight_norm_weight(weight_v, weight_g, dim), bias)
+        self._set_weight(*weight_norm_scale(weight_v, weight_g, dim), bias)
 
     @classmethod
     def from_state_dict(cls, params: Params, dim=0, device="cpu"):
@@ -123,8 +179,9 @@ class SpectralNormLinear(_Linear):
 
     def __init__(self, weight_orig, bias=None, weight_u=None, weight_v=None, device="cpu"):
         super().__init__(device)
-        self.sigma = spectral_sigma(weight_orig, weight_u, weight_v)
-        self._set_weight(as_array(weight_orig, "weight_orig", ndim=2) / self.sigma, bias)
+        w = as_array(weight_orig, "weight_orig", ndim=2, exact=True)
+        self.sigma = spectral_sigma(w, weight_u, weight_v)
+        self._set_weight(np.ascontiguousarray(w), np.full(w.shape[0], 1.0 / self.sigma), bias)
 
     @classmethod
     def from_state_dict(cls, params: Params, device="cpu"):

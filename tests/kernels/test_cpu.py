@@ -173,6 +173,25 @@ def test_linear_tile_edges(out_features, dtype):
         np.testing.assert_array_equal(layer.apply(x[rows]), full[rows])
 
 
+@pytest.mark.parametrize("v_dtype", [np.float32, np.float64, np.float16], ids=str)
+@pytest.mark.parametrize("dim", [0, 1])
+def test_weight_norm_from_any_source_dtype_and_dim(v_dtype, dim):
+    """The layer keeps FP32/FP64 ``weight_v`` as given and scales it per row while packing:
+    the packed panels hold exactly its float64 ``weight`` rounded once, and the result is
+    the float64 reference's."""
+    rng = np.random.default_rng(dim)
+    v = rng.standard_normal((37, 21)).astype(v_dtype)
+    g = rng.uniform(0.5, 2, (37, 1) if dim == 0 else (1, 21))
+    layer = kernels.prepare("weight_norm", {"weight_v": v, "weight_g": g}, dim=dim)
+    np.testing.assert_allclose(layer.weight, R.weight_norm_weight(v, g, dim), rtol=1e-15)
+    for dtype in (np.float32, np.float64):
+        packed = layer._params_for(np.dtype(dtype), (1, 21))["weight"]
+        unpacked = packed.transpose(0, 2, 1).reshape(-1, 21)[:37]
+        np.testing.assert_array_equal(unpacked, layer.weight.astype(dtype))
+        x = rng.standard_normal((5, 21)).astype(dtype)
+        assert_close(layer.apply(x), R.weight_norm_linear(x, v, g, dim=dim), np.dtype(dtype))
+
+
 def test_work_estimates_scale_with_the_arithmetic():
     """The service schedules by ``work``: elements for norms, multiply-adds for linears."""
     ln = kernels.prepare("layer_norm", {}, normalized_shape=[64])
