@@ -11,7 +11,10 @@ clients 1, 8, 32, 128; one 1x1024 FP32 row and one 64x1024 block (layer norm); b
 off; 1 and 2 workers; and the modes (``--modes``): v2 binary and v2 JSON over HTTP, v2 over
 gRPC, and system shared memory over gRPC and over HTTP (each client registers its own input and
 output regions and sends only their names; one worker only, as the server requires; every
-output region is checked afterwards). ``--peers triton kserve mlserver`` adds real peers
+output region is checked afterwards), and the same over Triton's own C++ load generator,
+``perf_analyzer`` (the ``pa-*`` modes, ``bench/perf_analyzer.py``: HTTP, gRPC, gRPC streaming
+and system shared memory; the gRPC ones against the ``grpc.aio`` echo too, whose cost then no
+longer hides behind a Python client's). ``--peers triton kserve mlserver`` adds real peers
 (``loadbench_peers``: Triton through nvidia-pytriton, KServe's ModelServer, MLServer), each
 driven by the same generators in the modes it serves, after its answer to each mode's request is
 checked against NumPy; a peer that is missing, does not start or answers wrongly is skipped,
@@ -52,6 +55,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from . import perf_analyzer as pa
 from .extra import require
 from .load_peers import MODEL, PEERS, PeerMissing, installed, reference, write_params
 from .machine import describe
@@ -59,8 +63,9 @@ from .machine import describe
 PAYLOADS = {"1x1024": (1, 1024), "64x1024": (64, 1024)}
 #: mode -> the protocol column of the table (the HTTP labels are the ones of earlier runs).
 MODES = {"http-binary": "v2 binary", "http-json": "v2 json", "grpc": "v2 grpc",
-         "shm-grpc": "shm grpc", "shm-http": "shm http"}
-SHM_MODES = ("shm-grpc", "shm-http")
+         "shm-grpc": "shm grpc", "shm-http": "shm http",
+         **pa.MODES}  # perf_analyzer's (bench/perf_analyzer.py): pa-http, pa-grpc, ...
+SHM_MODES = ("shm-grpc", "shm-http", "pa-shm")
 ECHO = "echo"  # the mode the HTTP echoes are driven with: v2 binary's bytes, echoed
 QUICK_MODES = ["http-binary", "grpc", "shm-grpc", "shm-http"]
 #: gRPC messages up to the server's default --max-body-bytes (a 64x1024 FP32 block is 256 KiB).
@@ -354,21 +359,67 @@ def _wait(probe: str | Callable[[], bool], procs: list[subprocess.Popen], timeou
 
 def _serve_grpc_echo(port: int, reuse_port: bool) -> None:
     """The gRPC ceiling (the FastAPI echo's counterpart): a bare ``grpc.aio`` server whose
-    ModelInfer answers with the posted tensor, and nothing else."""
+    ModelInfer (and ModelStreamInfer) answers with the posted tensor. Besides, only what
+    perf_analyzer asks before and around its load: liveness, readiness, the demo model's
+    metadata and configuration (batches of [1024] FP32 rows, as normserve says) and its
+    statistics (counts of the calls answered)."""
     import grpc
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
+    from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+    fp32 = model_config_pb2.DataType.TYPE_FP32
+    config = model_config_pb2.ModelConfig(
+        name=MODEL, max_batch_size=256,
+        input=[model_config_pb2.ModelInput(name="input", data_type=fp32, dims=[1024])],
+        output=[model_config_pb2.ModelOutput(name="output", data_type=fp32, dims=[1024])])
+    tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+    metadata = service_pb2.ModelMetadataResponse(
+        name=MODEL, versions=["1"], platform="echo",
+        inputs=[tensor(name="input", datatype="FP32", shape=[-1, 1024])],
+        outputs=[tensor(name="output", datatype="FP32", shape=[-1, 1024])])
+    answered = [0, 0]  # calls, rows
+
+    def echo(request):
+        reply = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1",
+                                               id=request.id)
+        for tensor in request.inputs:
+            reply.outputs.add(name="output", datatype=tensor.datatype, shape=tensor.shape)
+            answered[1] += tensor.shape[0] if tensor.shape else 1
+        reply.raw_output_contents.extend(request.raw_input_contents)
+        answered[0] += 1
+        return reply
 
     class Echo(service_pb2_grpc.GRPCInferenceServiceServicer):
+        async def ServerLive(self, request, context):
+            return service_pb2.ServerLiveResponse(live=True)
+
         async def ServerReady(self, request, context):
             return service_pb2.ServerReadyResponse(ready=True)
 
+        async def ServerMetadata(self, request, context):
+            return service_pb2.ServerMetadataResponse(name="grpc echo", version="0")
+
+        async def ModelReady(self, request, context):
+            return service_pb2.ModelReadyResponse(ready=True)
+
+        async def ModelMetadata(self, request, context):
+            return metadata
+
+        async def ModelConfig(self, request, context):
+            return service_pb2.ModelConfigResponse(config=config)
+
+        async def ModelStatistics(self, request, context):
+            stats = service_pb2.ModelStatisticsResponse()
+            entry = stats.model_stats.add(name=MODEL, version="1", inference_count=answered[1],
+                                          execution_count=answered[0])
+            entry.inference_stats.success.count = answered[0]
+            return stats
+
         async def ModelInfer(self, request, context):
-            reply = service_pb2.ModelInferResponse(model_name=request.model_name,
-                                                   model_version="1")
-            for tensor in request.inputs:
-                reply.outputs.add(name="output", datatype=tensor.datatype, shape=tensor.shape)
-            reply.raw_output_contents.extend(request.raw_input_contents)
-            return reply
+            return echo(request)
+
+        async def ModelStreamInfer(self, request_iterator, context):
+            async for request in request_iterator:
+                yield service_pb2.ModelStreamInferResponse(infer_response=echo(request))
 
     async def serve() -> None:
         srv = grpc.aio.server(options=[("grpc.max_receive_message_length", GRPC_LIMIT),
@@ -709,6 +760,8 @@ def driver(mode: str, ports: Ports, payload: str, args: argparse.Namespace,
         body, headers = infer_body(shape, mode.removeprefix("http-"), input_name)
         yield lambda clients: _measure(ports, f"/v2/models/{MODEL}/infer", body, headers,
                                        clients, args)
+    elif mode in pa.MODES:
+        yield pa.measurer(mode, ports, shape[0], args)
     elif mode == "grpc":
         request = grpc_request(shape)
         yield lambda clients: _stats(*generate_grpc(ports.grpc, [request], clients,
@@ -766,7 +819,7 @@ class Contender:
 
     def protocol(self, mode: str) -> str:
         if self.echo:
-            return "bytes" if mode == ECHO else "grpc bytes"
+            return {ECHO: "bytes", "grpc": "grpc bytes"}.get(mode) or f"{MODES[mode]} bytes"
         return MODES[mode]
 
 
@@ -774,6 +827,7 @@ def run(args: argparse.Namespace) -> list[Row]:
     """Every server of the run at once, each cell measured on each in turn (normserve, the
     echoes, the peers): a drift of the machine's speed then moves every server of a cell alike,
     where server after server it moved their ratios."""
+    _find_perf_analyzer(args)
     with contextlib.ExitStack() as stack:
         contenders = _start_own(args, stack) + _start_peers(args, stack)
         return interleave(args, contenders)
@@ -782,8 +836,19 @@ def run(args: argparse.Namespace) -> list[Row]:
 def run_peers(args: argparse.Namespace) -> list[Row]:
     """The peers of ``--peers`` alone, interleaved (a peer that is missing, does not start or
     fails is skipped, saying why; the rows already made stay)."""
+    _find_perf_analyzer(args)
     with contextlib.ExitStack() as stack:
         return interleave(args, _start_peers(args, stack))
+
+
+def _find_perf_analyzer(args: argparse.Namespace) -> None:
+    """The perf_analyzer modes are left out, saying how to install it, when it is missing."""
+    wanted = [m for m in args.modes if m in pa.MODES]
+    if wanted:
+        args.perf_analyzer, why = pa.find()
+        if args.perf_analyzer is None:
+            skip(args, f"{', '.join(wanted)}: {why}")
+            args.modes = [m for m in args.modes if m not in pa.MODES]
 
 
 def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Contender]:
@@ -796,8 +861,9 @@ def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Co
                 out.append(Contender(label, workers, "-", [ECHO],
                                      stack.enter_context(server(kind, workers, True)),
                                      echo=True))
-            if "grpc" in args.modes:
-                out.append(Contender("grpc echo", workers, "-", ["grpc"],
+            grpc_modes = [m for m in ("grpc", *pa.ECHO_MODES) if m in args.modes]
+            if grpc_modes:
+                out.append(Contender("grpc echo", workers, "-", grpc_modes,
                                      stack.enter_context(server("grpc-echo", workers, True)),
                                      echo=True))
         if shm_modes and workers > 1:
@@ -826,7 +892,8 @@ def _start_peers(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[
             continue
         modes = []
         for mode in args.modes:
-            why = PEERS[name].unsupported.get(mode)
+            unsupported = PEERS[name].unsupported
+            why = unsupported.get(mode) or unsupported.get(pa.BASE.get(mode, mode))
             if why:
                 skip(args, f"{label}, {MODES[mode]}: {why}")
             else:
@@ -877,6 +944,9 @@ def interleave(args: argparse.Namespace, contenders: list[Contender]) -> list[Ro
                     cell = measure(clients)
                     batch = (_batch(before, _scrape(who.ports, who.workers))
                              if who.counts_batches else "-")
+                except pa.Failed as exc:  # that cell only: perf_analyzer gave no result
+                    skip(args, f"{who.label}, {MODES[mode]} {payload}, {clients} clients: {exc}")
+                    continue
                 except failures as exc:
                     _failed(args, who, exc)
                     continue
@@ -970,6 +1040,7 @@ def targets(rows: list[Row], cores: int | None = None) -> list[str]:
             notes.append(f"- v2 grpc {payload}, {w} worker(s), 32 clients: {r.rps / echo.rps:.2f}x "
                          f"the bare grpc.aio echo's req/s ({r.rps:.0f} vs {echo.rps:.0f})")
     notes += peer_targets(rows, cores)
+    notes += pa.targets(rows)
     # req/s never falls as clients grow from 8 to 32 to 128 (normserve with batching on, and
     # the peers, per mode and payload).
     series: dict[tuple, list[Row]] = {}
@@ -1037,6 +1108,26 @@ def _peer_python(text: str) -> tuple[str, str]:
     return name, python
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"want a number >= 1 or auto, got {text!r}")
+    return int(text)
+
+
+def _resolve_auto(args: argparse.Namespace) -> None:
+    """``--workers auto``: as many workers as ``normserve serve --workers auto`` starts here
+    (without shared memory), said in the table's heading."""
+    if "auto" not in args.workers:
+        return
+    from normserve.service.cpus import plan_workers, usable_cpus
+
+    plan = plan_workers(None, usable_cpus())
+    args.auto_workers = f"--workers auto is {plan.workers} here ({plan.why})"
+    args.workers = list(dict.fromkeys(plan.workers if w == "auto" else w for w in args.workers))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m normserve.bench.load",
                                 description=__doc__.split("\n\n")[0])
@@ -1044,9 +1135,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--payloads", nargs="+", choices=list(PAYLOADS), default=list(PAYLOADS))
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=None,
                    help="what normserve and the peers are driven with (default: all; shared "
-                        "memory with one worker only)")
+                        "memory with one worker only; the pa-* modes with perf_analyzer, from "
+                        "$PERF_ANALYZER, skipped saying how to install it when unset)")
     p.add_argument("--batching", nargs="+", choices=("on", "off"), default=["on", "off"])
-    p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--workers", type=_workers, nargs="+", default=[1, 2],
+                   help="normserve's workers (and the echoes'); auto: as many as `normserve "
+                        "serve` starts by default here")
     p.add_argument("--no-echo", dest="echo", action="store_false",
                    help="leave out the bare FastAPI, ASGI and grpc.aio echoes (the ceilings)")
     p.add_argument("--peers", nargs="+", choices=list(PEERS), default=[],
@@ -1060,6 +1154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds measured per cell (default 5; --quick: 1)")
     p.add_argument("--warmup", type=float, default=None,
                    help="seconds of load before each cell (default 1; --quick: 0.3)")
+    p.add_argument("--pa-stability", type=int, default=None, metavar="PERCENT",
+                   help="perf_analyzer's stability check (-s) for the pa-* modes: the last "
+                        f"three windows within PERCENT (default {pa.STABILITY}; --quick: 100)")
     p.add_argument("--output", default="bench-results/loadbench.md")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1 and 8 clients, one row, batching on, 1 worker, HTTP "
@@ -1071,6 +1168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.modes = args.modes or QUICK_MODES
         args.duration = 1.0 if args.duration is None else args.duration
         args.warmup = 0.3 if args.warmup is None else args.warmup
+        args.pa_stability = 100 if args.pa_stability is None else args.pa_stability
+    args.pa_stability = pa.STABILITY if args.pa_stability is None else args.pa_stability
+    _resolve_auto(args)
     args.modes = args.modes or list(MODES)
     args.duration = 5.0 if args.duration is None else args.duration
     args.warmup = 1.0 if args.warmup is None else args.warmup
@@ -1084,7 +1184,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = run(args)
     text = (f"Load benchmark (`python -m normserve.bench.load`) on {describe()}, "
-            f"{args.duration:g} s per cell, load generator on the same machine.\n\n"
+            f"{args.duration:g} s per cell, load generator on the same machine"
+            + (f"; {args.auto_workers}" if getattr(args, "auto_workers", None) else "")
+            + ".\n\n"
             + table(rows) + "\n\n" + "\n".join(targets(rows)) + "\n"
             + "".join(f"\nSkipped: {why}\n" for why in getattr(args, "skipped", [])))
     out = Path(args.output)

@@ -169,6 +169,10 @@ asyncio.run(main())
 """
 
 _NO_SHM = "no system shared-memory extension"
+#: perf_analyzer reads Triton's model configuration first (gRPC ModelConfig, HTTP
+#: /v2/models/NAME/config), which KServe's v2 protocol has not (nor ModelStreamInfer).
+_NO_PA = {m: "no Triton model configuration (ModelConfig), which perf_analyzer reads first"
+          for m in ("pa-http", "pa-grpc", "pa-grpc-stream", "pa-shm")}
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ PEERS = {
                    ("nvidia-pytriton==0.7.0", "numpy<2"), TRITON_SCRIPT, "on", True),
     "kserve": Peer("kserve", "kserve", "kserve {version}", ("kserve==0.21.0",),
                    KSERVE_SCRIPT, "off", False,
-                   {"shm-grpc": _NO_SHM, "shm-http": _NO_SHM}),
+                   {"shm-grpc": _NO_SHM, "shm-http": _NO_SHM, **_NO_PA}),
     "mlserver": Peer("mlserver", "mlserver", "mlserver {version}",
                      ("mlserver==1.7.1",), MLSERVER_SCRIPT, "on", True,
                      {"http-binary": "no binary tensor extension over HTTP (a binary request "
