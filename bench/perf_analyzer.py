@@ -146,12 +146,14 @@ def run_once(cmd: Sequence[str], timeout: float, pids: Sequence[int] = ()
         return parse_csv(f.read())[-1], elapsed, server_s, own_s
 
 
-def to_cell(result: dict[str, float], elapsed: float, server_s: float, own_s: float) -> Cell:
-    """The load table's cell: req/s and p50/p99 as perf_analyzer measured them; the CPU of
-    each side per answer over its whole run (req/s x the seconds it ran)."""
+def to_cell(result: dict[str, float], elapsed: float, server_s: float, own_s: float,
+            rows: int = 1) -> Cell:
+    """The load table's cell: req/s and p50/p99 as perf_analyzer measured them (it counts
+    inferences, ``rows`` per request: -b); the CPU of each side per answer over its whole run
+    (req/s x the seconds it ran)."""
     from .load import Cell
 
-    rps = result["Inferences/Second"]
+    rps = result["Inferences/Second"] / rows
     answers = rps * elapsed
     per = (lambda s: s / answers * 1e6) if answers else (lambda s: float("nan"))
     return Cell(rps, result["p50 latency"] / 1e3, result["p99 latency"] / 1e3, 0,
@@ -173,7 +175,7 @@ def measurer(mode: str, ports: Ports, rows: int, args: argparse.Namespace
             cmd = command(args.perf_analyzer, mode, port, rows, clients, interval_ms,
                           os.path.join(scratch, "pa.csv"), stability=stability)
             try:
-                return to_cell(*run_once(cmd, timeout, ports.pids))
+                return to_cell(*run_once(cmd, timeout, ports.pids), rows=rows)
             except ValueError as exc:  # its CSV
                 raise Failed(str(exc)) from None
             except Failed:

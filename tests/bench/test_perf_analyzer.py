@@ -29,6 +29,10 @@ def test_csv_of_a_real_run():
     assert (cell.p50_ms, cell.p99_ms) == pytest.approx((3.072, 6.505))
     assert cell.cpu_us == pytest.approx(1e6 / 4992.76)
     assert cell.gen_us == pytest.approx(0.25e6 / 4992.76)
+    # perf_analyzer counts inferences: with -b 64 each request is 64 of them.
+    blocks = pa.to_cell(result, 2.0, 1.0, 0.25, rows=64)
+    assert blocks.rps == pytest.approx(2496.38 / 64) and blocks.p50_ms == cell.p50_ms
+    assert blocks.cpu_us == pytest.approx(cell.cpu_us * 64)
 
 
 def test_csv_without_its_columns_is_refused():
