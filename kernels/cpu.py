@@ -85,7 +85,7 @@ def _normaliser(row, center, eps):
 
 
 @threaded_kernel(**_OPTS)
-def row_norm(x, out, weight, bias, eps, center):
+def _row_norm(x, out, weight, bias, eps, center):
     """Layer norm (``center``) or RMSNorm over each row of ``x`` (rows, features).
 
     ``weight`` and ``bias`` have one value per feature (ones and zeros when absent; RMSNorm
@@ -106,7 +106,7 @@ def row_norm(x, out, weight, bias, eps, center):
 
 
 @threaded_kernel(**_OPTS)
-def grouped_norm(x, out, weight, bias, groups, spatial, eps):
+def _grouped_norm(x, out, weight, bias, groups, spatial, eps):
     """Instance norm (one channel a group) or group norm over rows of (sample, group).
 
     ``x`` is (samples * groups, channels_per_group * spatial); ``weight`` and ``bias`` have
@@ -128,7 +128,7 @@ def grouped_norm(x, out, weight, bias, groups, spatial, eps):
 
 
 @threaded_kernel(**_OPTS)
-def channel_affine(x, out, scale, shift):
+def _channel_affine(x, out, scale, shift):
     """Batch norm with folded statistics: ``y = x * scale[c] + shift[c]`` on (N, C, S).
 
     ``scale`` and ``shift`` are float64, so the product is formed in float64 and rounded once.
@@ -153,11 +153,11 @@ def channel_affine(x, out, scale, shift):
 # The fused norms run the row-norm kernel itself on each summed row (its serial variant, one
 # row at a time): a row's result never depends on its batch, so ``y`` is bitwise the unfused
 # norm of ``h``, whatever that kernel becomes.
-_norm_rows = row_norm.serial
+_norm_rows = _row_norm.serial
 
 
 @threaded_kernel(**_OPTS)
-def add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
+def _add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
     """``h = x + residual`` (one correctly rounded add), or with ``has_skip`` the float64 sum
     ``x + residual + skip`` rounded once; then ``row_norm`` of each ``h`` row while it is
     still in cache: x and residual read once, h and out written once.
@@ -165,22 +165,133 @@ def add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip)
     ``h``/``out`` may be ``residual``/``x`` themselves: every element is read before it is
     written, at the same index. Without a skip bias no zeros are added (``-0 + 0`` is ``+0``).
     """
-    rows, n = x.shape
-    for r in prange(rows):
-        src = x[r]
-        res = residual[r]
-        dst = h[r]
-        if has_skip:
-            for j in range(n):
-                dst[j] = (np.float64(src[j]) + np.float64(res[j])) + skip[j]
-        else:
-            for j in range(n):
-                dst[j] = src[j] + res[j]
+    for r in prange(x.shape[0]):
+        _add_row(x[r], residual[r], skip, h[r], has_skip)
         _norm_rows(h[r : r + 1], out[r : r + 1], weight, bias, eps, center)
 
 
-# The linear layers: a register-tiled, batch-invariant GEMM reading packed weight panels.
-linear = cpu_gemm.gemm
+@jit(**_OPTS)
+def _add_row(src, res, skip, dst, has_skip):
+    """``dst = src + res`` rounded once (with a skip bias: the float64 sum of the three)."""
+    if has_skip:
+        for j in range(dst.shape[0]):
+            dst[j] = (np.float64(src[j]) + np.float64(res[j])) + skip[j]
+    else:
+        for j in range(dst.shape[0]):
+            dst[j] = src[j] + res[j]
+
+
+# --- bfloat16 -----------------------------------------------------------------------------
+# Numba has no bfloat16 type: BF16 data reaches the kernels as its bits (uint16 arrays). The
+# row norms widen each row into an FP32 scratch row in cache, run the FP32 row kernel on it
+# and round the result back, so BF16 moves 2 bytes per element through memory, not the 10 of
+# widening the whole tensor first; the other kinds widen whole tensors, with a compiled loop.
+BITS = np.dtype(np.uint16)
+_ROWS_PER_TASK = 16  # rows sharing one scratch allocation
+
+
+@jit(**_OPTS)
+def _widen(bits, dst):
+    """bfloat16 bits -> float32 (exact: the same sign, exponent and top mantissa bits)."""
+    wide = dst.view(np.uint32)
+    for j in range(bits.shape[0]):
+        wide[j] = np.uint32(bits[j]) << np.uint32(16)
+
+
+@jit(**_OPTS)
+def _narrow(src, bits):
+    """float32 -> bfloat16 bits, rounded to nearest, ties to even (ml_dtypes' and PyTorch's
+    rounding); a NaN becomes the quiet NaN of its sign, as ml_dtypes rounds it."""
+    wide = src.view(np.uint32)
+    for j in range(bits.shape[0]):
+        b = wide[j]
+        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+            bits[j] = np.uint16(((b >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0))
+        else:
+            bits[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))
+                                >> np.uint32(16))
+
+
+@threaded_kernel(**_OPTS)
+def widen_bf16(bits, dst):
+    """Whole (rows, n) arrays, for the kernels that have no bfloat16 variant."""
+    for r in prange(bits.shape[0]):
+        _widen(bits[r], dst[r])
+
+
+@threaded_kernel(**_OPTS)
+def narrow_bf16(src, bits):
+    for r in prange(src.shape[0]):
+        _narrow(src[r], bits[r])
+
+
+@threaded_kernel(**_OPTS)
+def _row_norm_bf16(x, out, weight, bias, eps, center):
+    """``_row_norm`` on bfloat16 bits, each row widened and rounded back in cache."""
+    rows, n = x.shape
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        buf = np.empty((2, n), np.float32)
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            _widen(x[r], buf[0])
+            _norm_rows(buf[0:1], buf[1:2], weight, bias, eps, center)
+            _narrow(buf[1], out[r])
+
+
+@threaded_kernel(**_OPTS)
+def _add_row_norm_bf16(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
+    """``_add_row_norm`` on bfloat16 bits: ``h`` summed in FP32 (float64 with a skip bias)
+    and rounded once to bfloat16, then the row norm of that rounded ``h``."""
+    rows, n = x.shape
+    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        buf = np.empty((3, n), np.float32)
+        a, b = buf[0], buf[1]
+        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
+            _widen(x[r], a)
+            _widen(residual[r], b)
+            _add_row(a, b, skip, a, has_skip)
+            _narrow(a, h[r])
+            _widen(h[r], b)
+            _norm_rows(buf[1:2], buf[2:3], weight, bias, eps, center)
+            _narrow(buf[2], out[r])
+
+
+def _via_fp32(x, out, run) -> None:
+    """``run(x, out)``; for bfloat16 bits, on whole arrays widened into pooled FP32 buffers,
+    the result rounded back into ``out``'s bits (for the kernels without a BF16 variant)."""
+    if x.dtype != BITS:
+        run(x, out)
+        return
+    x32 = POOL.empty(x.shape, np.float32)
+    widen_bf16(x.reshape(-1, x.shape[-1]), x32.reshape(-1, x.shape[-1]))
+    out32 = POOL.empty(out.shape, np.float32)
+    run(x32, out32)
+    narrow_bf16(out32.reshape(-1, out.shape[-1]), out.reshape(-1, out.shape[-1]))
+
+
+# The entry points the layers call: FP32/FP64 arrays, or bfloat16 as its bits.
+def row_norm(x, out, weight, bias, eps, center):
+    kernel = _row_norm_bf16 if x.dtype == BITS else _row_norm
+    kernel(x, out, weight, bias, eps, center)
+
+
+def add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
+    kernel = _add_row_norm_bf16 if x.dtype == BITS else _add_row_norm
+    kernel(x, residual, skip, h, out, weight, bias, eps, center, has_skip)
+
+
+def grouped_norm(x, out, weight, bias, groups, spatial, eps):
+    _via_fp32(x, out, lambda x, out: _grouped_norm(x, out, weight, bias, groups, spatial, eps))
+
+
+def channel_affine(x, out, scale, shift):
+    _via_fp32(x, out, lambda x, out: _channel_affine(x, out, scale, shift))
+
+
+def linear(x, packed, bias, out):
+    """The linear layers: a register-tiled, batch-invariant GEMM reading packed weights."""
+    _via_fp32(x, out, lambda x, out: cpu_gemm.gemm(x, packed, bias, out))
+
+
 linear_weight = cpu_gemm.pack_weight
 
 
@@ -190,7 +301,8 @@ def to_device(a: np.ndarray) -> np.ndarray:
 
 
 def apply(layer, x, out=None):
-    """Run a prepared layer on a NumPy array; half precision computes in FP32."""
+    """Run a prepared layer on a NumPy array. BF16 goes to the kernels as its bits; FP16,
+    which NumPy widens and rounds with SIMD, is computed in FP32 buffers."""
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a NumPy array on device='cpu', got {type(x).__name__}")
     out = host_output(layer, x, out, POOL.empty)
@@ -198,6 +310,10 @@ def apply(layer, x, out=None):
         return out
     dt = out.dtype
     cdt = dtypes.COMPUTE[dt]
+    if dt == dtypes.BFLOAT16:
+        layer._run(_BACKEND, np.ascontiguousarray(x).view(BITS), out.view(BITS),
+                   layer._params_for(cdt, x.shape))
+        return out
     xc = x
     if dt != cdt or not x.flags["C_CONTIGUOUS"]:
         xc = POOL.empty(x.shape, cdt)
@@ -212,8 +328,9 @@ def apply(layer, x, out=None):
 def apply_add(layer, x, residual, out=None, residual_out=None):
     """Run a fused (residual add + norm) layer on NumPy arrays: ``(out, residual_out)``.
 
-    FP32/FP64 run the fused kernel; FP16/BF16, which Numba's CPU target cannot round to,
-    sum and round ``h`` in NumPy and run the unfused kernel on it (the same maths).
+    FP32/FP64 and BF16 (as its bits) run the fused kernel; FP16, which Numba's CPU target
+    cannot round to, sums and rounds ``h`` in NumPy and runs the unfused kernel on it (the
+    same maths).
     """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"x must be a NumPy array on device='cpu', got {type(x).__name__}")
@@ -228,10 +345,15 @@ def apply_add(layer, x, residual, out=None, residual_out=None):
     if x.size == 0:
         return out, residual_out
     dt = out.dtype
-    if dt != dtypes.COMPUTE[dt]:
+    cdt = dtypes.COMPUTE[dt]
+    xc, rc = (np.ascontiguousarray(a) for a in (x, residual))
+    if dt == dtypes.BFLOAT16:
+        layer._run_add(_BACKEND, xc.view(BITS), rc.view(BITS), residual_out.view(BITS),
+                       out.view(BITS), layer._params_for(cdt, x.shape))
+        return out, residual_out
+    if dt != cdt:
         layer.add_on_host(x, residual, residual_out)
         return apply(layer, residual_out, out), residual_out
-    xc, rc = (np.ascontiguousarray(a) for a in (x, residual))
     layer._run_add(_BACKEND, xc, rc, residual_out, out, layer._params_for(dt, x.shape))
     return out, residual_out
 

@@ -1,7 +1,8 @@
 """Which element types the kernels take, and how half-precision inputs reach them.
 
-Numba's CPU target has no float16 or bfloat16 type, so half-precision inputs are widened to
-float32 at the boundary, computed with FP32 accumulation, and rounded back once on output.
+Numba's CPU target has no float16 or bfloat16 type. Half-precision data is computed in FP32
+and rounded back once on output: FP16 is widened at the boundary (NumPy converts it with SIMD),
+BF16 reaches the CPU kernels as its bits, widened and rounded inside them (``kernels.cpu``).
 """
 
 from __future__ import annotations

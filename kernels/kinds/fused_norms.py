@@ -82,7 +82,7 @@ class _AddNorm:
             n = math.prod(self.normalized_shape)
             x, residual, h, out = (a.reshape(-1, n) for a in (x, residual, h, out))
         be.add_row_norm(x, residual, p["skip_bias"], h, out, p["weight"], p["bias"],
-                        self.eps_for(x.dtype), self.center, self._skip is not None)
+                        self.eps_for(p["weight"].dtype), self.center, self._skip is not None)
 
 
 class AddRMSNorm(_AddNorm, RMSNorm):

@@ -53,7 +53,9 @@ class _RowNorm(AffineNorm):
         if x.ndim != 2:  # a reshape costs ~10 us with cold caches: only when needed
             n = math.prod(self.normalized_shape)
             x, out = x.reshape(-1, n), out.reshape(-1, n)
-        be.row_norm(x, out, p["weight"], p["bias"], self.eps_for(x.dtype), self.center)
+        # The compute dtype is the parameters' (BF16 data reaches a CPU kernel as its bits).
+        be.row_norm(x, out, p["weight"], p["bias"], self.eps_for(p["weight"].dtype),
+                    self.center)
 
     def eps_for(self, dtype: np.dtype) -> float:
         return self.eps

@@ -218,7 +218,7 @@ def test_outlier_first_element_keeps_statistics_exact(first):
 
 def test_parallel_min_work_moves_the_variant_choice(monkeypatch):
     """``set_parallel_min_work`` decides which variant runs (a server raises it)."""
-    kernel = cpu.row_norm
+    kernel = cpu._row_norm
     seen: list[str] = []
     monkeypatch.setattr(kernel, "serial", lambda *args: seen.append("serial"))
     monkeypatch.setattr(kernel, "threaded", lambda *args: seen.append("threaded"))
