@@ -12,7 +12,8 @@ import numpy as np
 class OutputRequest:
     """An output a request names: its name and place in the request, its encoding (the
     output's ``binary_data`` parameter; None: the request's default) and the shared-memory
-    bytes it goes to (with the client's parameters naming them, echoed in the answer)."""
+    bytes it goes to (with the client's parameters naming them; the answer, as Triton's,
+    then carries the output's name, datatype and shape only)."""
 
     name: str
     field: str  # "outputs[i]", for error messages
@@ -39,8 +40,9 @@ class InferCall:
     model_version: str | None = None
     field: str = "inputs[0]"  # where the input sits in the request, for error messages
     #: The shared-memory bytes the output goes to, and the client's parameters naming them
-    #: (echoed in the answer), when the client asked for that: of the one output a request
-    #: names (``outputs`` has it too), or, when it names none, of a model's first output.
+    #: (not echoed: Triton's answer has none), when the client asked for that: of the one
+    #: output a request names (``outputs`` has it too), or, when it names none, of a
+    #: model's first output.
     output_region: memoryview | None = None
     output_params: dict[str, Any] | None = None
     #: The request's inputs after the first: (name, array, field) each.

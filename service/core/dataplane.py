@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import orjson
@@ -26,12 +26,12 @@ from .. import __version__
 from ..batching.batcher import Closed, QueueFull, Timing
 from ..extensions.log_settings import LogSettings
 from ..extensions.model_config import triton_config
-from ..extensions.shared_memory import SharedMemory
+from ..extensions.shared_memory import CudaSharedMemory, SharedMemory
 from ..extensions.statistics import model_statistics
 from ..models.model import Model
 from .admin import check_admin
 from .calls import InferCall
-from .errors import ApiError, InvalidInput, ModelNotFound, ServiceUnavailable
+from .errors import ApiError, InvalidInput, ModelNotFound, ServiceUnavailable, Unsupported
 from .protocol import EXTENSIONS, VERSION
 from .tensors import Selected
 
@@ -64,6 +64,7 @@ class DataPlane:
         self.ctx = ctx  # context.Context: settings, limits, metrics, registry, executor
         self.logs = LogSettings()
         self.shm = SharedMemory(ctx.settings.allow_shared_memory)
+        self.cuda_shm = CudaSharedMemory()
 
     # --- health and metadata ----------------------------------------------------------------
     def ready(self) -> str | None:
@@ -145,6 +146,12 @@ class DataPlane:
             raise InvalidInput(f"model {name!r}: cannot {action}: explicit model load / "
                                f"unload is not allowed in model control mode {mode!r} "
                                "(start with --model-control-mode explicit)")
+
+    def trace_settings(self, model: str | None = None) -> NoReturn:
+        """Triton's trace extension, not served: refused as Triton refuses a feature it was
+        built without (501 / UNIMPLEMENTED)."""
+        raise Unsupported("trace settings are not supported by this server (Triton's trace "
+                          "extension); use the statistics, /metrics and logging extensions")
 
     # --- inference --------------------------------------------------------------------------
     async def infer(self, name: str, version: str | None,

@@ -91,3 +91,10 @@ class InsufficientStorage(ApiError):
     """The repository cannot be written; nothing was changed."""
 
     status = 507
+
+
+class Unsupported(ApiError):
+    """A protocol extension this server does not serve (CUDA shared memory registration,
+    trace settings): Triton's UNSUPPORTED, which it answers 501 / UNIMPLEMENTED."""
+
+    status = 501

@@ -11,6 +11,11 @@ only); every offset and size is checked against the region before a view is made
 never a read or write outside it). Unregistering a region while a request still reads or
 writes it is safe: the region leaves the registry at once, and the mapping itself is closed
 only when the last view into it is gone (Python's ``mmap`` refuses to close under a view).
+
+CUDA shared memory (``CudaSharedMemory``) is not served: its status is always empty,
+unregistering succeeds with nothing to do, and registering is refused (501 / UNIMPLEMENTED)
+pointing at system shared memory, so that clients that clean up both kinds at start
+(perf_analyzer, tritonclient's examples) get clean answers.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy as np
 
 from normserve.kernels.dtypes import datatype_name
 
-from ..core.errors import InvalidInput, PermissionDenied
+from ..core.errors import InvalidInput, NotFound, PermissionDenied, Unsupported
 
 SHM_DIR = "/dev/shm"
 _KEY = re.compile(r"/?[^/\0]{1,255}")
@@ -157,3 +162,24 @@ class SharedMemory:
         if view is None:
             return None, None
         return view, {k: v for k, v in params.items() if k.startswith("shared_memory_")}
+
+
+class CudaSharedMemory:
+    """Triton's CUDA shared memory extension, answered but not served: no region can be
+    registered, so none ever is. As Triton answers with no region of the kind registered:
+    the status of all regions is an empty list, that of a named one NOT_FOUND, and
+    unregistering (all, or any name) succeeds with nothing to do."""
+
+    def register(self, name: str) -> None:
+        raise Unsupported(f"CUDA shared memory is not supported by this server: region "
+                          f"{name!r} cannot be registered (the server does not map CUDA IPC "
+                          "handles); use system shared memory (--allow-shared-memory)")
+
+    def unregister(self, name: str | None = None) -> None:
+        """Nothing is registered: nothing to do (Triton too ignores an unknown name)."""
+
+    def status(self, name: str | None = None) -> list[dict[str, Any]]:
+        if name:
+            raise NotFound(f"region {name!r}: no CUDA shared memory region of that name is "
+                           "registered (this server does not support CUDA shared memory)")
+        return []

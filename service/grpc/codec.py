@@ -3,7 +3,8 @@
 The same checks as the HTTP codec (``core.tensors``: input and output names, shape limits
 before any allocation), for gRPC's two encodings: typed ``contents`` (FP32 and FP64
 only: protobuf has no half-precision field) and ``raw_input_contents``, whose bytes become a
-NumPy view without a copy. Answers always carry ``raw_output_contents``, as Triton's do.
+NumPy view without a copy. Answers always carry ``raw_output_contents``, one entry per output
+(empty for one in shared memory), as Triton's do.
 """
 
 from __future__ import annotations
@@ -137,33 +138,23 @@ def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int
 def encode_response(model: str, call: InferCall, outs: np.ndarray | tuple[np.ndarray, ...],
                     selected: Selected = ((0, None),), names: tuple[str, ...] = (OUTPUT,)
                     ) -> service_pb2.ModelInferResponse:
-    """The answer: each selected output's metadata and its bytes in
-    ``raw_output_contents`` (or, for an output written to shared memory, the region's
-    parameters and no bytes). ``outs``: every output of the model (``names``, in order;
-    one bare array for a model of one)."""
+    """The answer: each selected output's metadata and its entry of
+    ``raw_output_contents``, one per output in the outputs' order, as Triton answers: an
+    output written to shared memory gets an empty entry and no parameters (Triton's C++
+    client, perf_analyzer's, reads entry i for output i and fails on a missing one;
+    tritonclient's Python one finds each output's bytes at its own index). ``outs``: every
+    output of the model (``names``, in order; one bare array for a model of one)."""
     if type(outs) is np.ndarray:
         outs = (outs,)
     response = service_pb2.ModelInferResponse(model_name=model, model_version=VERSION,
                                               id=call.request_id or "")
     raws = response.raw_output_contents
-    held = 0  # outputs in shared memory not yet given an (empty) raw entry
     for index, spec in selected:
         out = outs[index]
-        tensor = response.outputs.add(name=names[index], datatype=datatype_name(out.dtype),
-                                      shape=out.shape)
+        response.outputs.add(name=names[index], datatype=datatype_name(out.dtype),
+                             shape=out.shape)
         params = spec.params if spec is not None else call.output_params if index == 0 \
             else None
-        if params is None:
-            # tritonclient reads an output's bytes at the output's own index: an output in
-            # shared memory before this one holds its place with an empty entry.
-            raws.extend([b""] * held)
-            held = 0
-            raws.append(np.ascontiguousarray(out).tobytes())
-            continue
-        held += 1
-        for key, value in {**params, "shared_memory_byte_size": out.nbytes}.items():
-            if isinstance(value, str):
-                tensor.parameters[key].string_param = value
-            else:
-                tensor.parameters[key].int64_param = value
+        # params: the output is in the client's shared memory already.
+        raws.append(b"" if params is not None else np.ascontiguousarray(out).tobytes())
     return response

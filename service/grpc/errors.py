@@ -22,6 +22,8 @@ _CODES: dict[type[errors.ApiError], grpc.StatusCode] = {
     # A full queue, a timeout and a closing model: retry later.
     errors.ServiceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.InsufficientStorage: grpc.StatusCode.UNAVAILABLE,
+    # What Triton answers for a feature it does not serve (its TRITONSERVER_ERROR_UNSUPPORTED).
+    errors.Unsupported: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

@@ -1,8 +1,10 @@
 """Triton's ``GRPCInferenceService`` over ``DataPlane``: each RPC reads its message, asks the
 data plane and writes its answer; a refusal becomes a gRPC status in one place (``_rpc``).
 
-Not served (they answer UNIMPLEMENTED): CUDA shared memory and trace settings (the HTTP
-transport does not serve them either).
+Not served, and answered as the HTTP transport answers them: CUDA shared memory (its status
+is empty and unregistering succeeds with nothing to do; registering answers UNIMPLEMENTED)
+and trace settings (UNIMPLEMENTED). Every RPC of the service is overridden here: the generated
+base's would raise ``NotImplementedError`` and log a traceback.
 """
 
 from __future__ import annotations
@@ -150,6 +152,28 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         status = pb.SystemSharedMemoryStatusResponse
         return status(regions={r["name"]: status.RegionStatus(**r)
                                for r in self.dp.shm.status(request.name)})
+
+    # --- CUDA shared memory and trace settings: not served ------------------------------
+    @_rpc
+    async def CudaSharedMemoryRegister(self, request, context):
+        self.dp.cuda_shm.register(request.name)
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryUnregister(self, request, context):
+        self.dp.cuda_shm.unregister(request.name)
+        return pb.CudaSharedMemoryUnregisterResponse()
+
+    @_rpc
+    async def CudaSharedMemoryStatus(self, request, context):
+        status = pb.CudaSharedMemoryStatusResponse
+        return status(regions={r["name"]: status.RegionStatus(**r)
+                               for r in self.dp.cuda_shm.status(request.name)})
+
+    @_rpc
+    async def TraceSetting(self, request, context):
+        self.dp.trace_settings(request.model_name)
+        return pb.TraceSettingResponse()
 
     # --- inference ----------------------------------------------------------------------
     async def _infer(self, request: pb.ModelInferRequest, peer: str) -> pb.ModelInferResponse:

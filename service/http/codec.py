@@ -331,9 +331,12 @@ def encode_infer(model: str, call: InferCall, outs: np.ndarray | tuple[np.ndarra
         outputs.append(output)
         params = spec.params if spec is not None else call.output_params if index == 0 \
             else None
-        if params is not None:  # the data is in the client's shared memory already
-            output["parameters"] = {**params, "shared_memory_byte_size": out.nbytes}
-        elif spec.binary if spec is not None and spec.binary is not None \
+        if params is not None:
+            # The data is in the client's shared memory already. As Triton answers: name,
+            # datatype and shape only, no parameters (Triton's C++ client takes an output
+            # that has parameters for binary data and requires binary_data_size in them).
+            continue
+        if spec.binary if spec is not None and spec.binary is not None \
                 else call.binary_output:
             # A view, not a copy: it keeps the (pooled) batch output alive until it is sent.
             raw = memoryview(np.ascontiguousarray(out).reshape(-1).view(np.uint8))

@@ -155,6 +155,51 @@ async def shm_unregister_all(request: Request) -> dict:
     return {}
 
 
+# CUDA shared memory is not served: as on gRPC, no region is ever registered (an empty status,
+# unregistering is a no-op) and registering is refused (501), never a 404 for the route.
+_UNSUPPORTED = {501: {"description": "Not served by this server (Triton's UNSUPPORTED)"}}
+
+@router.get("/v2/cudasharedmemory/status", tags=[tags.SHARED_MEMORY])
+async def cuda_shm_status(request: Request) -> list:
+    return _dp(request).cuda_shm.status()
+
+
+@router.get("/v2/cudasharedmemory/region/{region}/status", tags=[tags.SHARED_MEMORY])
+async def cuda_shm_region_status(region: str, request: Request) -> list:
+    return _dp(request).cuda_shm.status(region)
+
+
+@router.post("/v2/cudasharedmemory/region/{region}/register", tags=[tags.SHARED_MEMORY],
+             responses=_UNSUPPORTED)
+async def cuda_shm_register(region: str, request: Request) -> dict:
+    _dp(request).cuda_shm.register(region)
+    return {}
+
+
+@router.post("/v2/cudasharedmemory/region/{region}/unregister", tags=[tags.SHARED_MEMORY])
+async def cuda_shm_unregister(region: str, request: Request) -> dict:
+    _dp(request).cuda_shm.unregister(region)
+    return {}
+
+
+@router.post("/v2/cudasharedmemory/unregister", tags=[tags.SHARED_MEMORY])
+async def cuda_shm_unregister_all(request: Request) -> dict:
+    _dp(request).cuda_shm.unregister()
+    return {}
+
+
+@router.get("/v2/trace/setting", tags=[tags.LOGGING], responses=_UNSUPPORTED)
+@router.post("/v2/trace/setting", tags=[tags.LOGGING], responses=_UNSUPPORTED)
+async def trace_settings(request: Request) -> dict:
+    _dp(request).trace_settings()
+
+
+@router.get("/v2/models/{name}/trace/setting", tags=[tags.LOGGING], responses=_UNSUPPORTED)
+@router.post("/v2/models/{name}/trace/setting", tags=[tags.LOGGING], responses=_UNSUPPORTED)
+async def model_trace_settings(name: str, request: Request) -> dict:
+    _dp(request).trace_settings(name)
+
+
 @router.get("/v2/logging", tags=[tags.LOGGING])
 async def log_settings(request: Request) -> dict:
     return _dp(request).logs.get()

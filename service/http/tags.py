@@ -26,9 +26,11 @@ OPENAPI_TAGS = [
     {"name": STATISTICS, "description": "Triton's statistics extension: per-model counts "
                                         "and times."},
     {"name": LOGGING, "description": "Triton's logging extension: read and change the log "
-                                     "settings."},
+                                     "settings (trace settings are not served: 501)."},
     {"name": SHARED_MEMORY, "description": "Triton's system shared memory extension (with "
-                                           "--allow-shared-memory)."},
+                                           "--allow-shared-memory). CUDA shared memory is "
+                                           "not served: no region is registered, "
+                                           "registering one answers 501."},
     {"name": V1, "description": "normserve's own routes: inline normalisation, ONNX export, "
                                 "run-time registration, the model list, Prometheus metrics."},
 ]

@@ -169,9 +169,6 @@ def test_cells_against_the_grpc_echo():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @needs_pa
-@pytest.mark.xfail(raises=pa.Failed, strict=False, reason=(
-    "service bug: a gRPC reply whose output went to shared memory has no raw_output_contents "
-    "entry, and Triton's C++ client (perf_analyzer) indexes one per output: it crashes"))
 def test_shared_memory_cell_against_normserve_serve():
     with lb.server("normserve", 1, True, shared_memory=True) as ports:
         _check(pa.measurer("pa-shm", ports, 1, _args())(2))

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from tritonclient.grpc import service_pb2 as pb
 
 from normserve.kernels.dtypes import DATATYPES
-from normserve.service.core.calls import InferCall
+from normserve.service.core.calls import InferCall, OutputRequest
 from normserve.service.core.context import Context
 from normserve.service.core.errors import ApiError
 from normserve.service.core.metrics import Metrics
@@ -266,20 +266,63 @@ def test_grpc_answer_round_trips_through_tritonclient(datatype: str) -> None:
     assert decoded.dtype == out.dtype and decoded.tobytes() == out.tobytes()
 
 
-def test_answers_for_shared_memory_outputs_carry_the_region_not_the_data() -> None:
+def test_answers_for_shared_memory_outputs_are_as_tritons() -> None:
+    """An output written to shared memory: as Triton answers it (http_server.cc: an output
+    in shared memory gets no parameters and no data; grpc/infer_handler.cc: an empty
+    raw_output_contents entry for every output), its name, datatype and shape only; over
+    gRPC its raw entry is empty, never missing (Triton's C++ client reads entry i for output
+    i), and no parameters (Triton's C++ HTTP client needs binary_data_size in any)."""
     out = random_rows("FP32")
     params = {"shared_memory_region": "r", "shared_memory_offset": 16}
     call = InferCall(None, "input", out, True, None, output_params=params)
-    parts, _ = encode_infer("m", call, out)
+    parts, headers = encode_infer("m", call, out)
     (output,) = orjson.loads(parts[0])["outputs"]
-    assert len(parts) == 1 and "data" not in output
-    assert output["parameters"] == {**params, "shared_memory_byte_size": out.nbytes}
+    assert len(parts) == 1 and headers["content-type"] == "application/json"
+    assert output == {"name": "output", "datatype": "FP32", "shape": list(out.shape)}
     response = encode_response("m", call, out)
-    assert not response.raw_output_contents
-    got = response.outputs[0].parameters
-    assert got["shared_memory_region"].string_param == "r"
-    assert got["shared_memory_offset"].int64_param == 16
-    assert got["shared_memory_byte_size"].int64_param == out.nbytes
+    assert list(response.raw_output_contents) == [b""]
+    assert not response.outputs[0].parameters
+
+
+def _two_outputs(in_shm: tuple[bool, bool], binary: bool = True
+                 ) -> tuple[InferCall, tuple[np.ndarray, ...], tuple]:
+    outs = (random_rows("FP32", seed=1), random_rows("FP32", seed=2))
+    names = ("output", "residual_out")
+    selected = tuple((i, OutputRequest(names[i], f"outputs[{i}]", binary, None,
+                                       {"shared_memory_region": "r"} if shm else None))
+                     for i, shm in enumerate(in_shm))
+    return InferCall(None, "input", outs[0], binary, None), outs, selected
+
+
+@pytest.mark.parametrize("in_shm", [(True, False), (False, True), (True, True)],
+                         ids=["first-in-shm", "second-in-shm", "both-in-shm"])
+def test_two_outputs_some_in_shared_memory(in_shm: tuple[bool, bool]) -> None:
+    """A model of two outputs (add_rms_norm's), some in shared memory: gRPC has one raw
+    entry per output, empty for those in shared memory, and tritonclient's InferResult
+    reads the other at its own index, over gRPC and HTTP (binary and JSON)."""
+    names = ("output", "residual_out")
+    call, outs, selected = _two_outputs(in_shm)
+    response = encode_response("m", call, outs, selected, names)
+    assert [o.name for o in response.outputs] == list(names)
+    assert list(response.raw_output_contents) == [
+        b"" if shm else out.tobytes() for out, shm in zip(outs, in_shm, strict=True)]
+    result = triton_grpc.InferResult(response)
+    for name, out, shm in zip(names, outs, in_shm, strict=True):
+        if not shm:
+            assert result.as_numpy(name).tobytes() == out.tobytes()
+    for binary in (True, False):
+        call, outs, selected = _two_outputs(in_shm, binary)
+        parts, headers = encode_infer("m", call, outs, selected, names)
+        body = b"".join(bytes(p) for p in parts)
+        length = headers.get("inference-header-content-length")
+        result = triton_http.InferResult.from_response_body(
+            body, header_length=int(length) if length else None)
+        for name, out, shm in zip(names, outs, in_shm, strict=True):
+            output = result.get_output(name)
+            if shm:
+                assert output == {"name": name, "datatype": "FP32", "shape": list(out.shape)}
+            else:
+                assert result.as_numpy(name).tobytes() == out.tobytes()
 
 
 # --- the hostile corpus, in-process through the core -----------------------------------------

@@ -24,6 +24,7 @@ EXPECTED = {
     errors.PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED),
     errors.ServiceUnavailable: (503, grpc.StatusCode.UNAVAILABLE),
     errors.InsufficientStorage: (507, grpc.StatusCode.UNAVAILABLE),
+    errors.Unsupported: (501, grpc.StatusCode.UNIMPLEMENTED),
 }
 
 

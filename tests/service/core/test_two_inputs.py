@@ -427,8 +427,8 @@ def test_inputs_from_and_outputs_into_shared_memory(plane: Any) -> None:
                                 answer.model.output_names)
         head = orjson.loads(parts[0])
         assert [o["name"] for o in head["outputs"]] == ["residual_out", "output"]
-        assert all("data" not in o for o in head["outputs"])
-        assert head["outputs"][1]["parameters"]["shared_memory_offset"] == 2 * n
+        # As Triton answers outputs in shared memory: no data, no parameters.
+        assert all(set(o) == {"name", "datatype", "shape"} for o in head["outputs"])
         del answer, parts
         small = orjson.dumps({**orjson.loads(body), "outputs": [
             {"name": "residual_out", "parameters": {**region(3 * n),

@@ -7,6 +7,7 @@ and several workers on one port: tests/service/process/test_grpc_process.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -304,10 +305,49 @@ def test_message_over_the_size_limit(stub):
         grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def test_unimplemented_calls_say_so(stub):
-    code = _code(lambda: stub.CudaSharedMemoryStatus(
-        service_pb2.CudaSharedMemoryStatusRequest(), timeout=10))
-    assert code == grpc.StatusCode.UNIMPLEMENTED
+def test_every_rpc_of_the_service_is_served_here():
+    """None left to the generated base class, which raises NotImplementedError (an ERROR
+    line with a traceback in the log for a client's request)."""
+    from normserve.service.grpc.servicer import Servicer
+
+    base = service_pb2_grpc.GRPCInferenceServiceServicer
+    rpcs = [m for m in vars(base) if not m.startswith("_")]
+    assert rpcs and [m for m in rpcs if getattr(Servicer, m) is getattr(base, m)] == []
+
+
+def test_what_is_not_served_says_so(stub, client, caplog):
+    """CUDA shared memory: nothing is ever registered (an empty status, unregistering is a
+    no-op, as Triton answers for a name it does not know), registering is UNIMPLEMENTED with
+    a message; trace settings are UNIMPLEMENTED. No traceback in the log."""
+    with caplog.at_level("WARNING"):
+        status = stub.CudaSharedMemoryStatus(service_pb2.CudaSharedMemoryStatusRequest(),
+                                             timeout=10)
+        assert dict(status.regions) == {}
+        stub.CudaSharedMemoryUnregister(service_pb2.CudaSharedMemoryUnregisterRequest(),
+                                        timeout=10)
+        stub.CudaSharedMemoryUnregister(
+            service_pb2.CudaSharedMemoryUnregisterRequest(name="never"), timeout=10)
+        refusals = [
+            (lambda: stub.CudaSharedMemoryRegister(service_pb2.CudaSharedMemoryRegisterRequest(
+                name="r", raw_handle=b"\0" * 64, byte_size=64), timeout=10),
+             grpc.StatusCode.UNIMPLEMENTED, "use system shared memory"),
+            (lambda: stub.CudaSharedMemoryStatus(
+                service_pb2.CudaSharedMemoryStatusRequest(name="r"), timeout=10),
+             grpc.StatusCode.NOT_FOUND, "'r'"),
+            (lambda: stub.TraceSetting(service_pb2.TraceSettingRequest(), timeout=10),
+             grpc.StatusCode.UNIMPLEMENTED, "trace settings are not supported"),
+            (lambda: client.get_trace_settings(), None, "trace settings are not supported"),
+        ]
+        for call, code, words in refusals:
+            with pytest.raises((grpc.RpcError, InferenceServerException)) as err:
+                call()
+            if code is not None:
+                assert err.value.code() == code, err.value
+                assert words in err.value.details(), err.value.details()
+            else:
+                assert err.value.status() == "StatusCode.UNIMPLEMENTED"
+                assert words in err.value.message()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 # --- statistics, model control, logging ------------------------------------------------------

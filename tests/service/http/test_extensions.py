@@ -1,6 +1,7 @@
 """Triton's protocol extensions over HTTP, through tritonclient.http unmodified (the app served
 from a thread of this process: tritonclient needs a socket): model configuration, statistics,
-the repository API (admin only), logging; and /v2 listing them."""
+the repository API (admin only), logging; trace settings, not served (501); and /v2 listing
+them."""
 
 from __future__ import annotations
 
@@ -103,3 +104,14 @@ def test_log_settings(client, server):
         resp = httpx.post(server.url + "/v2/logging", json=bad)
         assert resp.status_code == 400 and resp.json()["error"].startswith(words)
     assert client.get_log_settings()["log_info"] is True
+
+
+def test_trace_settings_are_not_served(client, server):
+    """501 with a message, as gRPC's TraceSetting answers UNIMPLEMENTED (not a 404)."""
+    with pytest.raises(InferenceServerException) as err:
+        client.get_trace_settings()
+    assert err.value.status() == "501"
+    assert "trace settings are not supported" in err.value.message()
+    for path in ("/v2/trace/setting", "/v2/models/rms_norm_512/trace/setting"):
+        resp = httpx.post(server.url + path, json={"trace_level": ["TIMESTAMPS"]})
+        assert resp.status_code == 501 and "trace" in resp.json()["error"]

@@ -1,7 +1,8 @@
 """Property-based fuzzing of every v1 and v2 route from the app's own ``/openapi.json`` (the
 ASGI app in this process, its lifespan run):
-whatever schemathesis generates (valid and invalid data), the answer is never a 5xx, and every
-error is JSON with an ``error`` field."""
+whatever schemathesis generates (valid and invalid data), the answer is never a 5xx (but the
+501 of what is not served, from the operations that document it: CUDA shared memory
+registration, trace settings), and every error is JSON with an ``error`` field."""
 
 from __future__ import annotations
 
@@ -51,7 +52,11 @@ def test_no_server_errors(fuzzed_server, mode):
         headers = {"Authorization": "Bearer fuzz-token"} if case.method == "PUT" else None
         response = case.call(timeout=30, headers=headers)
         seen.setdefault(case.operation.label, set()).add(response.status_code)
-        case.validate_response(response, checks=[not_a_server_error])
+        if response.status_code == 501:  # not served, as documented: Triton's UNSUPPORTED
+            assert "501" in case.operation.definition.raw.get("responses", {}), \
+                case.operation.label
+        else:
+            case.validate_response(response, checks=[not_a_server_error])
         if response.status_code >= 400:
             ctype = response.headers.get("content-type") or [""]
             ctype = ctype[0] if isinstance(ctype, list) else ctype
@@ -66,7 +71,7 @@ def test_no_server_errors(fuzzed_server, mode):
             fuzz()
         except Unsatisfiable:  # no parameters or body to make invalid: nothing to fuzz
             assert mode == GenerationMode.NEGATIVE, operation.label
-    assert all(code < 500 for codes in seen.values() for code in codes), seen
+    assert all(code < 500 or code == 501 for codes in seen.values() for code in codes), seen
     # The fuzzer reached the routes it can vary (negative data needs a body or a typed query).
     assert len(seen) >= (10 if mode == GenerationMode.POSITIVE else 4), seen
     wanted = 200 if mode == GenerationMode.POSITIVE else 400

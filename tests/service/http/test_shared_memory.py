@@ -2,10 +2,12 @@
 and gRPC, against the app with allow_shared_memory served from a thread of this process (the
 clients need sockets); the hostile cases
 (unknown regions, offsets past the end, keys that are not shared-memory objects, regions
-unregistered while in use); and the extension being off by default."""
+unregistered while in use); the extension being off by default; and CUDA shared memory,
+not served, answering as Triton does when none is registered (registering refused)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -79,14 +81,17 @@ def test_input_and_output_through_shared_memory(client, regions, datatype):
     status = client.get_system_shared_memory_status()
     assert in_name in str(status) and out_name in str(status)
     result = _infer(client, x, datatype, in_name, out_name, x.nbytes + 64)
-    # The data is in the region, not the reply: the reply names the region and the size.
+    # The data is in the region, not the reply, which (as Triton's) has the output's name,
+    # datatype and shape and no parameters; over gRPC, its raw_output_contents entry is
+    # empty (Triton's C++ client, perf_analyzer's, needs one entry per output).
     output = result.get_output("output")
-    params = output["parameters"] if isinstance(output, dict) else {
-        k: v.string_param or v.int64_param for k, v in output.parameters.items()}
-    assert params["shared_memory_region"] == out_name
-    assert params["shared_memory_byte_size"] == x.nbytes
-    if isinstance(client, grpcclient.InferenceServerClient):
-        assert not result.get_response().raw_output_contents
+    if isinstance(output, dict):
+        assert output == {"name": "output", "datatype": datatype, "shape": list(x.shape)}
+    else:
+        assert (output.name, output.datatype, list(output.shape)) == \
+            ("output", datatype, list(x.shape))
+        assert not output.parameters
+        assert list(result.get_response().raw_output_contents) == [b""]
     y = shm.get_contents_as_numpy(out_handle, x.dtype, x.shape)
     assert y.tobytes() == local_layer(LN).apply(x).tobytes()
 
@@ -181,6 +186,34 @@ def test_unregistered_while_in_use(server, regions):
     c.close()
 
 
+UNSUPPORTED = ("501", "StatusCode.UNIMPLEMENTED")
+
+
+def _cuda_answers_none_registered(c) -> None:
+    """CUDA shared memory, not served: nothing is ever registered. As Triton answers then:
+    an empty status, NOT_FOUND for a named region, and unregistering (all, or any name)
+    succeeds with nothing to do; registering is refused, pointing at system shared memory."""
+    status = c.get_cuda_shared_memory_status()
+    assert (status if isinstance(c, httpclient.InferenceServerClient)
+            else list(status.regions)) == []
+    _refused(lambda: c.get_cuda_shared_memory_status("r"), ("404", "StatusCode.NOT_FOUND"),
+             "no CUDA shared memory region")
+    c.unregister_cuda_shared_memory()
+    c.unregister_cuda_shared_memory("never-registered")
+    _refused(lambda: c.register_cuda_shared_memory("r", b"\0" * 64, 0, 1024), UNSUPPORTED,
+             "CUDA shared memory is not supported by this server")
+    _refused(lambda: c.register_cuda_shared_memory("r", b"\0" * 64, 0, 1024), UNSUPPORTED,
+             "use system shared memory")
+
+
+def test_cuda_shared_memory_is_answered_not_served(client, caplog):
+    with caplog.at_level("WARNING"):
+        _cuda_answers_none_registered(client)
+    # A refusal, not a failure: no traceback, no ERROR line (grpc's generated base class
+    # raised NotImplementedError here, logged with its traceback).
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 def test_off_by_default(regions):
     name, _ = regions(64)
     with in_thread(grpc=True) as srv:
@@ -189,5 +222,6 @@ def test_off_by_default(regions):
                   grpcclient.InferenceServerClient(srv.grpc_url)):
             _refused(lambda c=c: c.register_system_shared_memory(name, "/" + name, 64),
                      ("403", "StatusCode.PERMISSION_DENIED"), "--allow-shared-memory")
+            _cuda_answers_none_registered(c)  # the same with system shared memory off
             c.close()
     assert os.path.exists("/dev/shm/" + name)  # untouched
