@@ -44,6 +44,22 @@ def test_rows_alone_equal_rows_in_batches(dtype, k_in, n_out):
     np.testing.assert_array_equal(run(x[1 : ROWS + 2]), full[1 : ROWS + 2])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=str)
+def test_long_and_short_row_blocks_give_the_same_bits(dtype, monkeypatch):
+    """A weight too large for the cache is streamed under long row blocks: no bit changes."""
+    rng = np.random.default_rng(3)
+    rows = cpu_gemm.LONG_ROW_BLOCK + cpu_gemm.ROW_BLOCK + 5
+    x = rng.standard_normal((rows, 300)).astype(dtype)
+    packed = cpu_gemm.pack_weight(rng.standard_normal((70, 300)).astype(dtype))
+    bias = rng.standard_normal(70).astype(dtype)
+    outs = []
+    for cached in (1 << 40, 0):  # the weight fits the cache; it does not
+        monkeypatch.setattr(cpu_gemm, "CACHED_WEIGHT_BYTES", cached)
+        outs.append(np.empty((rows, 70), dtype))
+        cpu_gemm.gemm(x, packed, bias, outs[-1])
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
 _PROBE = """
 import numpy as np, sys
 from normserve.kernels import cpu_gemm
