@@ -187,7 +187,8 @@ def _add_row(src, res, skip, dst, has_skip):
 # and round the result back, so BF16 moves 2 bytes per element through memory, not the 10 of
 # widening the whole tensor first; the other kinds widen whole tensors, with a compiled loop.
 BITS = np.dtype(np.uint16)
-_ROWS_PER_TASK = 16  # rows sharing one scratch allocation
+_BLOCK_ELEMS = 4096  # FP32 elements per scratch block: a few blocks stay in L1
+_BLOCKS_PER_TASK = 16  # blocks sharing one scratch allocation
 
 
 @jit(**_OPTS)
@@ -227,32 +228,47 @@ def narrow_bf16(src, bits):
 
 @threaded_kernel(**_OPTS)
 def _row_norm_bf16(x, out, weight, bias, eps, center):
-    """``_row_norm`` on bfloat16 bits, each row widened and rounded back in cache."""
+    """``_row_norm`` on bfloat16 bits, a block of rows at a time widened and rounded back in
+    cache (one call of the FP32 kernel per block: short rows pay no per-row call)."""
     rows, n = x.shape
-    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        buf = np.empty((2, n), np.float32)
-        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
-            _widen(x[r], buf[0])
-            _norm_rows(buf[0:1], buf[1:2], weight, bias, eps, center)
-            _narrow(buf[1], out[r])
+    block = max(1, _BLOCK_ELEMS // n)
+    step = block * _BLOCKS_PER_TASK
+    for task in prange((rows + step - 1) // step):
+        # Whole blocks always (a short last one computes zero rows it never writes out), so
+        # the FP32 kernel sees the C-contiguous rows it sees in FP32.
+        buf = np.zeros((2, block, n), np.float32)
+        for r0 in range(task * step, min(rows, (task + 1) * step), block):
+            m = min(block, rows - r0)
+            for i in range(m):
+                _widen(x[r0 + i], buf[0, i])
+            _norm_rows(buf[0], buf[1], weight, bias, eps, center)
+            for i in range(m):
+                _narrow(buf[1, i], out[r0 + i])
 
 
 @threaded_kernel(**_OPTS)
 def _add_row_norm_bf16(x, residual, skip, h, out, weight, bias, eps, center, has_skip):
     """``_add_row_norm`` on bfloat16 bits: ``h`` summed in FP32 (float64 with a skip bias)
-    and rounded once to bfloat16, then the row norm of that rounded ``h``."""
+    and rounded once to bfloat16, then the row norm of that rounded ``h``, a block of rows at
+    a time. Every step writes a buffer other than the ones it reads, so each loop vectorises
+    (an in-place add would take LLVM's scalar fallback)."""
     rows, n = x.shape
-    for task in prange((rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
-        buf = np.empty((3, n), np.float32)
-        a, b = buf[0], buf[1]
-        for r in range(task * _ROWS_PER_TASK, min(rows, (task + 1) * _ROWS_PER_TASK)):
-            _widen(x[r], a)
-            _widen(residual[r], b)
-            _add_row(a, b, skip, a, has_skip)
-            _narrow(a, h[r])
-            _widen(h[r], b)
-            _norm_rows(buf[1:2], buf[2:3], weight, bias, eps, center)
-            _narrow(buf[2], out[r])
+    block = max(1, _BLOCK_ELEMS // n)
+    step = block * _BLOCKS_PER_TASK
+    for task in prange((rows + step - 1) // step):
+        buf = np.zeros((3, block, n), np.float32)
+        a, b, c = buf[0], buf[1], buf[2]
+        for r0 in range(task * step, min(rows, (task + 1) * step), block):
+            m = min(block, rows - r0)
+            for i in range(m):
+                _widen(x[r0 + i], a[i])
+                _widen(residual[r0 + i], b[i])
+                _add_row(a[i], b[i], skip, c[i], has_skip)
+                _narrow(c[i], h[r0 + i])
+                _widen(h[r0 + i], a[i])
+            _norm_rows(a, b, weight, bias, eps, center)
+            for i in range(m):
+                _narrow(b[i], out[r0 + i])
 
 
 def _via_fp32(x, out, run) -> None:

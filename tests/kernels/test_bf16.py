@@ -82,13 +82,13 @@ LAYERS = [
 ]
 
 
+@pytest.mark.parametrize("n", [7, 1031])  # many rows to a scratch block; three
 @pytest.mark.parametrize("rows", [1, 17, 40])
 @pytest.mark.parametrize(("kind", "which", "hyper"), LAYERS,
                          ids=[f"{k}-{'-'.join(w)}-{h}" for k, w, h in LAYERS])
 @pytest.mark.parametrize("threaded", [False, True], ids=["serial", "threaded"])
-def test_row_kinds_bitwise_through_fp32(kind, which, hyper, rows, threaded, monkeypatch):
+def test_row_kinds_bitwise_through_fp32(kind, which, hyper, rows, n, threaded, monkeypatch):
     monkeypatch.setattr(cpu_jit, "_parallel_min_work", 1 if threaded else 1 << 40)
-    n = 1031
     rng = np.random.default_rng(rows)
     params = {name: rng.uniform(0.5, 1.5, n).astype(np.float32) for name in which}
     layer = kernels.prepare(kind, params, normalized_shape=[n], **hyper)
