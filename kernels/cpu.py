@@ -181,6 +181,19 @@ def _add_row(src, res, skip, dst, has_skip):
             dst[j] = src[j] + res[j]
 
 
+@jit(**_OPTS)
+def _add_rows(src, res, skip, dst, m, has_skip):
+    """``_add_row`` over the first ``m`` rows, without a row slice (and its reference count)
+    per row."""
+    for i in range(m):
+        if has_skip:
+            for j in range(dst.shape[1]):
+                dst[i, j] = (np.float64(src[i, j]) + np.float64(res[i, j])) + skip[j]
+        else:
+            for j in range(dst.shape[1]):
+                dst[i, j] = src[i, j] + res[i, j]
+
+
 # --- bfloat16 -----------------------------------------------------------------------------
 # Numba has no bfloat16 type: BF16 data reaches the kernels as its bits (uint16 arrays). The
 # row norms widen each row into an FP32 scratch row in cache, run the FP32 row kernel on it
@@ -192,38 +205,51 @@ _BLOCKS_PER_TASK = 16  # blocks sharing one scratch allocation
 
 
 @jit(**_OPTS)
-def _widen(bits, dst):
-    """bfloat16 bits -> float32 (exact: the same sign, exponent and top mantissa bits)."""
-    wide = dst.view(np.uint32)
-    for j in range(bits.shape[0]):
-        wide[j] = np.uint32(bits[j]) << np.uint32(16)
+def _rounded(b):
+    """float32 bits -> bfloat16 bits, rounded to nearest, ties to even (ml_dtypes' and
+    PyTorch's rounding); a NaN becomes the quiet NaN of its sign, as ml_dtypes rounds it. A
+    select, not a branch, so that the loops calling it vectorise."""
+    high = b >> np.uint32(16)
+    rounded = (b + np.uint32(0x7FFF) + (high & np.uint32(1))) >> np.uint32(16)
+    nan = (high & np.uint32(0x8000)) | np.uint32(0x7FC0)
+    return np.uint16(nan if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000) else rounded)
+
+
+# The block helpers index whole 2-D arrays: a row slice per row costs a reference count
+# (two atomic operations), which dominated rows of 128 elements.
+@jit(**_OPTS)
+def _widen_block(bits, r0, m, wide):
+    """Rows ``r0 .. r0 + m`` of ``bits`` into the first ``m`` rows of ``wide`` (float32 seen
+    as uint32): exact, the same sign, exponent and top mantissa bits."""
+    for i in range(m):
+        for j in range(bits.shape[1]):
+            wide[i, j] = np.uint32(bits[r0 + i, j]) << np.uint32(16)
 
 
 @jit(**_OPTS)
-def _narrow(src, bits):
-    """float32 -> bfloat16 bits, rounded to nearest, ties to even (ml_dtypes' and PyTorch's
-    rounding); a NaN becomes the quiet NaN of its sign, as ml_dtypes rounds it."""
-    wide = src.view(np.uint32)
-    for j in range(bits.shape[0]):
-        b = wide[j]
-        if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-            bits[j] = np.uint16(((b >> np.uint32(16)) & np.uint32(0x8000)) | np.uint32(0x7FC0))
-        else:
-            bits[j] = np.uint16((b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))
-                                >> np.uint32(16))
+def _narrow_block(wide, m, bits, r0):
+    """The first ``m`` rows of ``wide`` (float32 seen as uint32) rounded into rows
+    ``r0 .. r0 + m`` of ``bits``."""
+    for i in range(m):
+        for j in range(bits.shape[1]):
+            bits[r0 + i, j] = _rounded(wide[i, j])
 
 
 @threaded_kernel(**_OPTS)
 def widen_bf16(bits, dst):
     """Whole (rows, n) arrays, for the kernels that have no bfloat16 variant."""
+    wide = dst.view(np.uint32)
     for r in prange(bits.shape[0]):
-        _widen(bits[r], dst[r])
+        for j in range(bits.shape[1]):
+            wide[r, j] = np.uint32(bits[r, j]) << np.uint32(16)
 
 
 @threaded_kernel(**_OPTS)
 def narrow_bf16(src, bits):
+    wide = src.view(np.uint32)
     for r in prange(src.shape[0]):
-        _narrow(src[r], bits[r])
+        for j in range(src.shape[1]):
+            bits[r, j] = _rounded(wide[r, j])
 
 
 @threaded_kernel(**_OPTS)
@@ -237,13 +263,13 @@ def _row_norm_bf16(x, out, weight, bias, eps, center):
         # Whole blocks always (a short last one computes zero rows it never writes out), so
         # the FP32 kernel sees the C-contiguous rows it sees in FP32.
         buf = np.zeros((2, block, n), np.float32)
+        a, b = buf[0], buf[1]
+        aw, bw = a.view(np.uint32), b.view(np.uint32)
         for r0 in range(task * step, min(rows, (task + 1) * step), block):
             m = min(block, rows - r0)
-            for i in range(m):
-                _widen(x[r0 + i], buf[0, i])
-            _norm_rows(buf[0], buf[1], weight, bias, eps, center)
-            for i in range(m):
-                _narrow(buf[1, i], out[r0 + i])
+            _widen_block(x, r0, m, aw)
+            _norm_rows(a, b, weight, bias, eps, center)
+            _narrow_block(bw, m, out, r0)
 
 
 @threaded_kernel(**_OPTS)
@@ -258,17 +284,16 @@ def _add_row_norm_bf16(x, residual, skip, h, out, weight, bias, eps, center, has
     for task in prange((rows + step - 1) // step):
         buf = np.zeros((3, block, n), np.float32)
         a, b, c = buf[0], buf[1], buf[2]
+        aw, bw, cw = a.view(np.uint32), b.view(np.uint32), c.view(np.uint32)
         for r0 in range(task * step, min(rows, (task + 1) * step), block):
             m = min(block, rows - r0)
-            for i in range(m):
-                _widen(x[r0 + i], a[i])
-                _widen(residual[r0 + i], b[i])
-                _add_row(a[i], b[i], skip, c[i], has_skip)
-                _narrow(c[i], h[r0 + i])
-                _widen(h[r0 + i], a[i])
+            _widen_block(x, r0, m, aw)
+            _widen_block(residual, r0, m, bw)
+            _add_rows(a, b, skip, c, m, has_skip)
+            _narrow_block(cw, m, h, r0)
+            _widen_block(h, r0, m, aw)
             _norm_rows(a, b, weight, bias, eps, center)
-            for i in range(m):
-                _narrow(b[i], out[r0 + i])
+            _narrow_block(bw, m, out, r0)
 
 
 def _via_fp32(x, out, run) -> None:
