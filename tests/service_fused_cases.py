@@ -68,3 +68,18 @@ def triton_client(transport: str, server: Any) -> Any:
 def client_module(client: Any) -> Any:
     """tritonclient's module of ``client`` (for its InferInput, InferRequestedOutput)."""
     return grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
+
+
+def fused_inputs(mod: Any, x: np.ndarray, r: np.ndarray, datatype: str = "FP32",
+                 binary: bool = True) -> list[Any]:
+    """tritonclient ``InferInput``s (of ``mod``) for a fused model's ``input`` and
+    ``residual``; ``binary``: HTTP's binary extension or JSON data."""
+    made = []
+    for n, a in (("input", x), ("residual", r)):
+        inp = mod.InferInput(n, list(a.shape), datatype)
+        if mod is httpclient:
+            inp.set_data_from_numpy(a, binary_data=binary)
+        else:
+            inp.set_data_from_numpy(a)
+        made.append(inp)
+    return made

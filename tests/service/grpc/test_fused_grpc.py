@@ -17,6 +17,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.utils.shared_memory as shm
 from service_fused_cases import FUSED, OUTPUTS, client_module, triton_client
 from service_fused_cases import fused_expected as expected
+from service_fused_cases import fused_inputs as inputs
 from service_fused_cases import fused_pair as pair
 from service_helpers import in_thread
 from tritonclient.utils import InferenceServerException
@@ -34,15 +35,6 @@ def client(request: Any, server: Any) -> Any:
     yield c
     c.unregister_system_shared_memory()
     c.close()
-
-
-def inputs(mod: Any, x: np.ndarray, r: np.ndarray, datatype: str = "FP32") -> list[Any]:
-    made = []
-    for n, a in (("input", x), ("residual", r)):
-        inp = mod.InferInput(n, list(a.shape), datatype)
-        inp.set_data_from_numpy(a)
-        made.append(inp)
-    return made
 
 
 @pytest.mark.parametrize("named", [None, ["output"], ["residual_out"], ["residual_out", "output"]])

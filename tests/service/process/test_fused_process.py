@@ -15,6 +15,7 @@ from service_fused_cases import (
     OUTPUTS,
     client_module,
     fused_expected,
+    fused_inputs,
     fused_pair,
     triton_client,
 )
@@ -40,14 +41,7 @@ def client(request: Any, server: Any) -> Any:
 def test_two_inputs_two_outputs(client: Any, name: str, binary: bool) -> None:
     mod = client_module(client)
     x, r = fused_pair(name, 3, seed=7)
-    inputs = []
-    for n, a in (("input", x), ("residual", r)):
-        inp = mod.InferInput(n, list(a.shape), "FP32")
-        if mod is httpclient:
-            inp.set_data_from_numpy(a, binary_data=binary)
-        else:
-            inp.set_data_from_numpy(a)
-        inputs.append(inp)
+    inputs = fused_inputs(mod, x, r, binary=binary)
     want = fused_expected(name, x, r)
     every = client.infer(name, inputs, request_id="both")
     for o in OUTPUTS:
