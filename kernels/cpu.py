@@ -166,26 +166,16 @@ def _add_row_norm(x, residual, skip, h, out, weight, bias, eps, center, has_skip
     written, at the same index. Without a skip bias no zeros are added (``-0 + 0`` is ``+0``).
     """
     for r in prange(x.shape[0]):
-        _add_row(x[r], residual[r], skip, h[r], has_skip)
+        _add_rows(x, residual, skip, h, r, 1, has_skip)
         _norm_rows(h[r : r + 1], out[r : r + 1], weight, bias, eps, center)
 
 
 @jit(**_OPTS)
-def _add_row(src, res, skip, dst, has_skip):
-    """``dst = src + res`` rounded once (with a skip bias: the float64 sum of the three)."""
-    if has_skip:
-        for j in range(dst.shape[0]):
-            dst[j] = (np.float64(src[j]) + np.float64(res[j])) + skip[j]
-    else:
-        for j in range(dst.shape[0]):
-            dst[j] = src[j] + res[j]
-
-
-@jit(**_OPTS)
-def _add_rows(src, res, skip, dst, m, has_skip):
-    """``_add_row`` over the first ``m`` rows, without a row slice (and its reference count)
-    per row."""
-    for i in range(m):
+def _add_rows(src, res, skip, dst, first, m, has_skip):
+    """Rows ``first .. first + m``: ``dst = src + res`` rounded once (with a skip bias: the
+    float64 sum of the three), indexing the 2-D arrays (a row slice would cost a reference
+    count per row)."""
+    for i in range(first, first + m):
         if has_skip:
             for j in range(dst.shape[1]):
                 dst[i, j] = (np.float64(src[i, j]) + np.float64(res[i, j])) + skip[j]
@@ -289,7 +279,7 @@ def _add_row_norm_bf16(x, residual, skip, h, out, weight, bias, eps, center, has
             m = min(block, rows - r0)
             _widen_block(x, r0, m, aw)
             _widen_block(residual, r0, m, bw)
-            _add_rows(a, b, skip, c, m, has_skip)
+            _add_rows(a, b, skip, c, 0, m, has_skip)
             _narrow_block(cw, m, h, r0)
             _widen_block(h, r0, m, aw)
             _norm_rows(a, b, weight, bias, eps, center)
