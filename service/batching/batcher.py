@@ -49,6 +49,7 @@ class _Pending:
     key: tuple
     future: asyncio.Future
     enqueued: float
+    deadline: float  # perf_counter() after which the caller gets TimeoutError
     out: tuple[np.ndarray | None, ...] | None = None  # where the caller wants its rows
     timing: Timing = field(default_factory=Timing)
 
@@ -99,7 +100,16 @@ class Batcher(CallerReturns):
         #: Told the queue's depth whenever it changes (the pending-requests gauge).
         self.on_depth: Callable[[int], None] | None = None
         self._queue: deque[_Pending] = deque()
+        self._running: list[_Pending] = []  # the batch being computed
         self._waiter: asyncio.Future | None = None  # the loop sleeps on this
+        #: While the loop gathers a batch: its key, its rows queued, its deadline (submit
+        #: wakes the loop only when one of these changes what the loop would do).
+        self._gathering: tuple[tuple, float] | None = None
+        self._gathered_rows = 0
+        #: One timer for every request's timeout, at the earliest deadline in flight (a
+        #: timer per request cost each request a heap push and a cancel).
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
         self._closing = False
         self._flushing = False  # set on SIGTERM: stop waiting for fuller batches
         self._task: asyncio.Task | None = None
@@ -123,7 +133,7 @@ class Batcher(CallerReturns):
         ``out`` (C-contiguous, the output's shape and dtype; a tuple of them, None for an
         output without one, when ``x`` is a tuple) the rows are written there and ``out``
         is returned: a request alone in its batch has the kernel write into it directly.
-        The timeout is a timer on the request's own future (no extra task per request).
+        The timeout is kept by one timer of the batcher (``_expire``), not one per request.
         ``caller`` names the client (its connection), for the adaptive wait.
         """
         if self._closing:
@@ -140,30 +150,65 @@ class Batcher(CallerReturns):
             key = (first.dtype, first.shape[1:]) if len(xs) == 1 else \
                 tuple((a.dtype, a.shape[1:]) for a in xs)
         loop = asyncio.get_running_loop()
-        item = _Pending(xs, key, loop.create_future(), time.perf_counter(), out)
+        now = time.perf_counter()
+        item = _Pending(xs, key, loop.create_future(), now, now + timeout_s, out)
         self._queue.append(item)
         self._depth_changed()
         caller = caller if self.adaptive and self.batching else None  # only its wait uses them
         if caller is not None:
             self.caller_arrived(caller)
-        self._wake_loop()
-        timer = loop.call_later(timeout_s, self._expire, item)
+        if self._expiry is None or item.deadline < self._expiry_at:
+            self._arm_expiry(item.deadline)
+        if self._waiter is not None and self._wakes(item, now):
+            self._wake_loop()
         try:
             out = await item.future
         finally:
-            timer.cancel()
             if caller is not None:
                 self.caller_left(caller)
         return (out[0] if bare else out), item.timing
 
-    def _expire(self, item: _Pending) -> None:
-        if item.future.done():
-            return
-        item.future.set_exception(asyncio.TimeoutError())
-        if item in self._queue:  # never started: take it out so it costs nothing
-            self._queue.remove(item)
+    def _wakes(self, item: _Pending, now: float) -> bool:
+        """Whether a new request changes what the sleeping loop would do: it idles (any
+        request starts a batch), or the batch it gathers is now full, or (adaptive) no
+        caller it waits for is still due. Otherwise it would look and sleep again."""
+        if self._gathering is None:
+            return True
+        key, deadline = self._gathering
+        if item.key == key:
+            self._gathered_rows += item.rows
+            if self._gathered_rows >= self.max_batch_size:
+                return True
+        return self.adaptive and self.caller_due(now, deadline) is None
+
+    def _arm_expiry(self, deadline: float) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry_at = deadline
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.perf_counter()), self._expire)
+
+    def _expire(self) -> None:
+        """Time out every request in flight past its deadline (one never started leaves the
+        queue, so it costs nothing), and set the timer for the next deadline."""
+        self._expiry = None
+        now = time.perf_counter()
+        nearest = None
+        left = False
+        for item in (*self._queue, *self._running):
+            if item.future.done():
+                continue
+            if item.deadline <= now:
+                item.future.set_exception(asyncio.TimeoutError())
+                left = True
+            elif nearest is None or item.deadline < nearest:
+                nearest = item.deadline
+        if left and any(p.future.done() for p in self._queue):
+            self._queue = deque(p for p in self._queue if not p.future.done())
             self._depth_changed()
             self._wake_loop()
+        if nearest is not None:
+            self._arm_expiry(nearest)
 
     def flush(self) -> None:
         """Run what is queued without waiting for fuller batches (the server is stopping)."""
@@ -176,6 +221,9 @@ class Batcher(CallerReturns):
         self._wake_loop()
         if self._task is not None:
             await self._task
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     @property
     def _stopping(self) -> bool:
@@ -189,10 +237,15 @@ class Batcher(CallerReturns):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _sleep(self, timeout_s: float | None) -> None:
-        """Until woken (a new request, a flush, a close) or ``timeout_s`` passes."""
+    async def _sleep(self, timeout_s: float | None, gathering: tuple[tuple, float] | None = None
+                     ) -> None:
+        """Until woken (a new request that changes something, a flush, a close, an expiry)
+        or ``timeout_s`` passes. ``gathering``: the key and deadline of the batch gathered."""
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
+        self._gathering = gathering
+        if gathering is not None:
+            self._gathered_rows = self._ready_rows(gathering[0])
         timer = None if timeout_s is None else loop.call_later(
             timeout_s, lambda: waiter.done() or waiter.set_result(None))
         try:
@@ -201,6 +254,7 @@ class Batcher(CallerReturns):
             if timer is not None:
                 timer.cancel()
             self._waiter = None
+            self._gathering = None
 
     # --- the loop -------------------------------------------------------------------------
     def _ready_rows(self, key: tuple) -> int:
@@ -242,10 +296,10 @@ class Batcher(CallerReturns):
                and (left := deadline - (now := time.perf_counter())) > 0
                and not self._stopping and first in self._queue):
             if not self.adaptive:
-                await self._sleep(left)
+                await self._sleep(left, (first.key, deadline))
                 continue
             if (due := self.caller_due(now, deadline)) is not None:
-                await self._sleep(min(left, due - now))
+                await self._sleep(min(left, due - now), (first.key, deadline))
                 continue
             before = len(self._queue)
             await asyncio.sleep(0)
@@ -281,6 +335,7 @@ class Batcher(CallerReturns):
         start = time.perf_counter()
         xs = [p.xs for p in live]
         targets = [p.out for p in live]
+        self._running = live  # their timeouts still run
         try:
             rows = sum(x[0].shape[0] for x in xs)
             if self.layer.work((rows, *xs[0][0].shape[1:])) <= INLINE_MAX_WORK:
@@ -293,6 +348,8 @@ class Batcher(CallerReturns):
                 if not p.future.done():
                     p.future.set_exception(exc)
             return
+        finally:
+            self._running = []
         rows = sum(p.rows for p in live)
         if self.on_batch is not None:
             self.on_batch(rows, len(live), compute_s)

@@ -91,11 +91,7 @@ def _joined(layer: PreparedLayer, xs: list[Tensors], targets: list[Targets | Non
 
 def _join(parts: list[np.ndarray], rows: int) -> np.ndarray:
     x = POOL.empty((rows, *parts[0].shape[1:]), parts[0].dtype)
-    at = 0
-    for a in parts:
-        x[at:at + a.shape[0]] = a
-        at += a.shape[0]
-    return x
+    return np.concatenate(parts, out=x)
 
 
 def _fill(target: np.ndarray | None, rows: np.ndarray) -> np.ndarray:

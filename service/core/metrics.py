@@ -11,12 +11,12 @@ With ``--workers N`` the server runs prometheus-client's multiprocess mode (the 
 memory-mapped files there and a scrape answered by any worker sums them all, so each counter
 is the server's total and stays monotone whichever worker answers.
 
-In one process, per-request numbers are tallied as plain floats and handed to
-prometheus-client once per turn of the event loop (``flush``), so a batch's requests cost
-one update of each counter, not one each (bench-results/notes.md); a read
-(``/metrics``, the statistics) flushes first, so it is exact. With ``--workers N`` each
-request is handed over at once, before its reply leaves, so that any worker's scrape counts
-it.
+In one process, per-request and per-batch numbers are tallied as plain floats and handed to
+prometheus-client every ``FLUSH_S`` (``flush``), so many requests cost one update of each
+counter, not one each (bench-results/notes.md); a read (``/metrics``, the statistics)
+flushes first, so it is exact, and the queue-depth gauge is read from the queue at each
+scrape. With ``--workers N`` each request and each change of depth is handed over at once,
+before the reply leaves, so that any worker's scrape counts it.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ disable_created_metrics()  # Triton exports no *_created series; neither do we
 LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: How long tallies wait, at most, before they are handed to prometheus-client (one process).
+FLUSH_S = 0.05
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: Set (by the CLI, before the workers start) when the server runs several workers.
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -75,7 +77,8 @@ class _ModelSeries:
 @dataclass(slots=True)
 class _Tally:
     """One model's successful requests since the last flush (sums, and each request's
-    latency and queueing time for the histograms), and its queue's latest depth."""
+    latency and queueing time for the histograms), its batches (each one's rows and compute
+    time, and when the last ran) and its queue's latest depth."""
 
     requests: int = 0
     total_s: float = 0.0
@@ -84,6 +87,8 @@ class _Tally:
     compute_s: float = 0.0
     encode_s: float = 0.0
     latencies: list[tuple[float, float]] = field(default_factory=list)
+    batches: list[tuple[int, float]] = field(default_factory=list)
+    last_batch_ms: float = 0.0
     depth: int | None = None
 
 
@@ -173,15 +178,10 @@ class Metrics:
         return series
 
     def observe_batch(self, model: str, rows: int, requests: int, compute_s: float) -> None:
-        s = self._series(model)
-        s.exec_count.inc()
-        s.count.inc(rows)
-        s.compute_s.observe(compute_s)
-        s.batch_size.observe(rows)
-        s.last_inference.set(time.time() * 1000)
-        by_size, by_size_us = self._batch_series(model, rows)
-        by_size.inc()
-        by_size_us.inc(compute_s * 1e6)
+        t = self._tally(model)
+        t.batches.append((rows, compute_s))
+        t.last_batch_ms = time.time() * 1000
+        self._hand_over()
 
     def observe_success(self, model: str, total_s: float, queue_s: float, decode_s: float,
                         compute_s: float, encode_s: float) -> None:
@@ -194,6 +194,16 @@ class Metrics:
         t.encode_s += encode_s
         t.latencies.append((total_s, queue_s))
         self._hand_over()
+
+    def watch_depth(self, model: str, depth: Callable[[], int]) -> Callable[[int], None] | None:
+        """The pending-requests gauge of ``model`` follows its queue: in one process the
+        gauge reads ``depth()`` at each scrape, and nothing is to be told; with
+        ``--workers N`` the returned observer must be told each change (another worker's
+        scrape reads what it wrote)."""
+        if self.multiprocess:
+            return self.depth_observer(model)
+        self.pending.labels(model, VERSION).set_function(depth)
+        return None
 
     def depth_observer(self, model: str) -> Callable[[int], None]:
         """What a model's batcher calls with its queue's depth whenever it changes."""
@@ -209,15 +219,15 @@ class Metrics:
         return tally
 
     def _hand_over(self) -> None:
-        """Flush at the end of this turn of the event loop. With ``--workers N`` at once:
-        another worker's scrape must count a request before its reply has left."""
+        """Flush within ``FLUSH_S``. With ``--workers N`` at once: another worker's scrape
+        must count a request before its reply has left."""
         if self.multiprocess:
             self.flush()
         elif not self._flush_pending:
             self._flush_pending = True
             # Without an event loop (a script, a test): at the next read.
             with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().call_soon(self.flush)
+                asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
         """Hand the tallies to prometheus-client (every read of the values does first)."""
@@ -226,9 +236,11 @@ class Metrics:
         for model, t in tallies.items():
             if t.depth is not None:
                 self.pending.labels(model, VERSION).set(t.depth)
+            s = self._series(model)
+            if t.batches:
+                self._flush_batches(model, s, t)
             if not t.requests:
                 continue
-            s = self._series(model)
             s.success.inc(t.requests)
             s.request_us.inc(t.total_s * 1e6)
             s.queue_us.inc(t.queue_s * 1e6)
@@ -238,6 +250,22 @@ class Metrics:
             for total, queued in t.latencies:
                 s.request_s.observe(total)
                 s.queue_s.observe(queued)
+
+    def _flush_batches(self, model: str, s: _ModelSeries, t: _Tally) -> None:
+        s.exec_count.inc(len(t.batches))
+        s.count.inc(sum(rows for rows, _ in t.batches))
+        s.last_inference.set(t.last_batch_ms)
+        by_size: dict[int, list[float]] = {}
+        for rows, compute_s in t.batches:
+            s.compute_s.observe(compute_s)
+            s.batch_size.observe(rows)
+            size = by_size.setdefault(rows, [0, 0.0])
+            size[0] += 1
+            size[1] += compute_s
+        for rows, (count, compute_s) in by_size.items():
+            executions, compute_us = self._batch_series(model, rows)
+            executions.inc(count)
+            compute_us.inc(compute_s * 1e6)
 
     def forget(self, model: str) -> None:
         """A removed model: its queue-depth series goes (its counters stay, as Triton's)."""

@@ -38,9 +38,9 @@ def check_shape(shape: list[int], limits: Limits, field: str) -> int:
     """The element count of a declared shape, refusing negative dims, high ranks and huge sizes."""
     if len(shape) > limits.max_rank:
         raise InvalidInput(f"{field}: rank {len(shape)} is above the limit of {limits.max_rank}")
-    for i, d in enumerate(shape):
-        if d < 0:
-            raise InvalidInput(f"{field}[{i}]: must be >= 0, got {d}")
+    if shape and min(shape) < 0:
+        i, d = next((i, d) for i, d in enumerate(shape) if d < 0)
+        raise InvalidInput(f"{field}[{i}]: must be >= 0, got {d}")
     count = math.prod(shape)
     if count > limits.max_tensor_elements:
         raise PayloadTooLarge(f"{field}: {count} elements are above the limit of "

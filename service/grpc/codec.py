@@ -50,9 +50,10 @@ def decode_request(req: service_pb2.ModelInferRequest, limits: Limits,
     """A ``ModelInferRequest`` as an ``InferCall``, or a 400 naming the field at fault.
     (Which inputs and outputs a model has is the core's to check: ``Model.bind``.)"""
     inputs = req.inputs
-    check_input_names([t.name for t in inputs])
-    raws = req.raw_input_contents
     single = len(inputs) == 1
+    if not single:
+        check_input_names([t.name for t in inputs])
+    raws = req.raw_input_contents
     if single and raws and len(raws) != 1:
         raise InvalidInput(f"raw_input_contents: {len(raws)} entries for 1 input")
     array, used = _input(inputs[0], 0, raws, single, limits, shm, "inputs[0]")
@@ -79,7 +80,8 @@ def decode_request(req: service_pb2.ModelInferRequest, limits: Limits,
             outputs.append(OutputRequest(out.name, field, True, r, p))
         if len(outputs) == 1:
             region, region_params = outputs[0].region, outputs[0].params
-    timeout = parameter(req.parameters["timeout"]) if "timeout" in req.parameters else None
+    params = req.parameters
+    timeout = parameter(params["timeout"]) if params and "timeout" in params else None
     return InferCall(req.id or None, inputs[0].name, array, True, timeout_param(timeout),
                      req.model_name, req.model_version or None, "inputs[0]", region,
                      region_params, more, outputs)
@@ -97,7 +99,8 @@ def _input(spec: service_pb2.ModelInferRequest.InferInputTensor, index: int, raw
     count = check_shape(shape, limits, f"{field}.shape")
     nbytes = count * dtype.itemsize
     has_contents = spec.HasField("contents")
-    array = shm.input_array(parameters(spec.parameters), dtype, shape, count, field)
+    params = spec.parameters
+    array = shm.input_array(parameters(params), dtype, shape, count, field) if params else None
     if array is not None:
         if has_contents or (single and raws):
             raise InvalidInput(f"{field}: give a shared memory region or data, not both")
@@ -115,7 +118,7 @@ def _input(spec: service_pb2.ModelInferRequest.InferInputTensor, index: int, raw
     if len(raw) != nbytes:
         raise InvalidInput(f"raw_input_contents[{index}]: {len(raw)} bytes, but shape {shape} "
                            f"of {spec.datatype} needs {nbytes}")
-    return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape), 1
+    return np.ndarray(shape, dtype, raw), 1  # a read-only view of the bytes, no copy
 
 
 def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int],

@@ -28,5 +28,5 @@ def batcher_for(name: str, config: ModelConfig, layer: PreparedLayer, settings: 
         max_queue_size=s.max_queue_size or config.max_queue_size,
         batching=s.batching, adaptive=s.batch_wait == "adaptive",
         on_batch=observe)
-    batcher.on_depth = metrics.depth_observer(name)
+    batcher.on_depth = metrics.watch_depth(name, lambda: batcher.depth)
     return batcher

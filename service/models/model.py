@@ -18,6 +18,10 @@ from ..core.errors import InvalidInput
 from ..core.protocol import DATATYPE_NAMES, DECLARED_DATATYPE, VERSION
 from ..core.tensors import Selected, bind_inputs, select_outputs
 
+#: How many per-sample shapes a model remembers as accepted (models with a free dimension
+#: see many; the check of a new one is only slower).
+ACCEPTED_SHAPES = 64
+
 
 @dataclass(eq=False)
 class Model:
@@ -30,6 +34,8 @@ class Model:
     ready: bool = False
     fingerprint: tuple | None = None  # of its folder when loaded (poll mode reloads changes)
     onnx_cache: dict[int, bytes] = field(default_factory=dict)
+    #: Per-sample shapes accepted before (at most ACCEPTED_SHAPES): their check is a lookup.
+    accepted: set[tuple[int, ...]] = field(default_factory=set)
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -68,6 +74,8 @@ class Model:
 
     def check_input(self, shape: tuple[int, ...], field_name: str) -> None:
         """A 400 unless ``shape`` is a non-empty batch of this model's per-sample shape."""
+        if shape[1:] in self.accepted and shape[0] >= 1:
+            return
         sample = self.sample_shape
         if len(shape) != len(sample) + 1:
             raise InvalidInput(f"{field_name}: {self.name} takes shape "
@@ -82,6 +90,8 @@ class Model:
             self.layer.output_shape(tuple(shape))
         except ValueError as exc:
             raise InvalidInput(f"{field_name}: {exc}") from None
+        if len(self.accepted) < ACCEPTED_SHAPES:
+            self.accepted.add(tuple(shape[1:]))
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -470,6 +470,37 @@ def test_an_expired_request_leaves_the_queue_and_costs_nothing(executor) -> None
     assert depths[:3] == [1, 2, 1] and depths[-1] == 0
 
 
+def test_a_shorter_timeout_queued_after_a_longer_one_still_expires_on_time(executor) -> None:
+    """The batcher keeps one timer, at the earliest deadline in flight: a request with a
+    short timeout queued behind one with a long timeout moves it earlier; each expiry sets
+    it for the next deadline, and the requests still queued are answered."""
+    batcher, batches = make(executor, adaptive=False, max_batch_size=8)
+    xs = [rows_of(16, 1, seed=i) for i in range(3)]
+
+    async def main() -> tuple[list[float], np.ndarray]:
+        batcher.start()
+        t0 = time.perf_counter()
+        patient = asyncio.create_task(batcher.submit(xs[0], 30.0))
+        short = asyncio.create_task(batcher.submit(xs[1], 0.05))
+        shorter = asyncio.create_task(batcher.submit(xs[2], 0.02))
+        expired_at = []
+        for task in (shorter, short):
+            with pytest.raises(TimeoutError):
+                await task
+            expired_at.append(time.perf_counter() - t0)
+        assert batcher.depth == 1 and not patient.done()
+        batcher.flush()
+        out, _ = await patient
+        await batcher.close()
+        return expired_at, out
+
+    expired_at, out = asyncio.run(main())
+    assert expired_at[0] < WELL_UNDER_S and expired_at[1] < WELL_UNDER_S
+    assert expired_at[0] <= expired_at[1]
+    assert_bitwise(out, batcher.layer, xs[0])
+    assert shapes(batches) == [(1, 1)]
+
+
 def test_flush_runs_what_is_queued_without_waiting(executor) -> None:
     """SIGTERM's flush: the queued requests run at once, as one batch, and later ones run
     without waiting for company."""

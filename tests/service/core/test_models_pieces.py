@@ -56,10 +56,20 @@ def test_a_batcher_takes_the_servers_overrides_and_reports_its_depth(executor) -
                              executor, metrics)
     assert (overridden.max_batch_size, overridden.max_queue_size) == (4, 2)
     assert overridden.max_delay_s == 0 and not overridden.batching and not overridden.adaptive
-    overridden.on_depth(3)
-    metrics.flush()
-    assert metrics.registry.get_sample_value("nv_inference_pending_request_count",
-                                             {"model": "m", "version": "1"}) == 3
+    assert overridden.on_depth is None  # one process: the gauge reads the queue itself
+
+    async def queue_two() -> float | None:
+        tasks = [asyncio.create_task(overridden.submit(np.ones((1, 4), np.float32), 30.0))
+                 for _ in range(2)]
+        await asyncio.sleep(0)  # queued; the batcher's loop is not started
+        depth = metrics.registry.get_sample_value("nv_inference_pending_request_count",
+                                                  {"model": "m", "version": "1"})
+        overridden.start()
+        await asyncio.gather(*tasks)
+        await overridden.close()
+        return depth
+
+    assert asyncio.run(queue_two()) == 2
 
 
 def test_the_demo_repository_refuses_registration(executor) -> None:
