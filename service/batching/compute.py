@@ -68,7 +68,8 @@ def _joined(layer: PreparedLayer, xs: list[Tensors], targets: list[Targets | Non
         ins = xs[0]
     else:  # pooled buffers: their pages are already mapped (fresh ones fault on first touch)
         rows = sum(x[0].shape[0] for x in xs)
-        ins = tuple(_join([x[k] for x in xs], rows) for k in range(len(xs[0])))
+        ins = (_join([x[0] for x in xs], rows),) if len(xs[0]) == 1 else \
+            tuple(_join([x[k] for x in xs], rows) for k in range(len(xs[0])))
     if len(xs) == 1 and _complete(targets[0], layer):  # alone: the kernel writes them itself
         return [layer.apply_all(ins, targets[0])]
     first = ins[0]

@@ -139,18 +139,24 @@ def _typed(spec: service_pb2.ModelInferRequest.InferInputTensor, shape: list[int
 
 
 def encode_response(model: str, call: InferCall, outs: np.ndarray | tuple[np.ndarray, ...],
-                    selected: Selected = ((0, None),), names: tuple[str, ...] = (OUTPUT,)
+                    selected: Selected = ((0, None),), names: tuple[str, ...] = (OUTPUT,),
+                    response: service_pb2.ModelInferResponse | None = None
                     ) -> service_pb2.ModelInferResponse:
     """The answer: each selected output's metadata and its entry of
     ``raw_output_contents``, one per output in the outputs' order, as Triton answers: an
     output written to shared memory gets an empty entry and no parameters (Triton's C++
     client, perf_analyzer's, reads entry i for output i and fails on a missing one;
     tritonclient's Python one finds each output's bytes at its own index). ``outs``: every
-    output of the model (``names``, in order; one bare array for a model of one)."""
+    output of the model (``names``, in order; one bare array for a model of one).
+    ``response``: an empty message to fill (a stream's reply holds one: filled in place,
+    its bytes are not copied again), else a new one."""
     if type(outs) is np.ndarray:
         outs = (outs,)
-    response = service_pb2.ModelInferResponse(model_name=model, model_version=VERSION,
-                                              id=call.request_id or "")
+    if response is None:
+        response = service_pb2.ModelInferResponse()
+    response.model_name = model
+    response.model_version = VERSION
+    response.id = call.request_id or ""
     raws = response.raw_output_contents
     for index, spec in selected:
         out = outs[index]

@@ -176,7 +176,9 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return pb.TraceSettingResponse()
 
     # --- inference ----------------------------------------------------------------------
-    async def _infer(self, request: pb.ModelInferRequest, peer: str) -> pb.ModelInferResponse:
+    async def _infer(self, request: pb.ModelInferRequest, peer: str,
+                     response: pb.ModelInferResponse | None = None) -> pb.ModelInferResponse:
+        """Run one request; its answer fills ``response`` when given (else a new message)."""
         async def decode() -> InferCall:
             return decode_request(request, self.dp.ctx.limits, self.dp.shm)
 
@@ -184,7 +186,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                                      peer)
         t0 = time.perf_counter()
         response = encode_response(answer.model.name, answer.call, answer.outputs,
-                                   answer.selected, answer.model.output_names)
+                                   answer.selected, answer.model.output_names, response)
         self.dp.done(answer, time.perf_counter() - t0)
         return response
 
@@ -203,18 +205,19 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         running: set[asyncio.Task] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
+            reply = pb.ModelStreamInferResponse()
             try:
-                answers.put_nowait(pb.ModelStreamInferResponse(
-                    infer_response=await self._infer(request, peer)))
+                await self._infer(request, peer, reply.infer_response)
             except ApiError as exc:
-                answers.put_nowait(pb.ModelStreamInferResponse(
+                reply = pb.ModelStreamInferResponse(
                     error_message=exc.message,
                     infer_response=pb.ModelInferResponse(id=request.id,
-                                                         model_name=request.model_name)))
+                                                         model_name=request.model_name))
             except Exception as exc:  # a bug: this request fails, the stream goes on
                 log.exception("internal error in gRPC ModelStreamInfer")
-                answers.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=f"internal error: {type(exc).__name__}"))
+                reply = pb.ModelStreamInferResponse(
+                    error_message=f"internal error: {type(exc).__name__}")
+            answers.put_nowait(reply)
 
         async def read() -> None:
             try:
