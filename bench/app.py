@@ -8,6 +8,12 @@ send the same ``POST /v2/models/{model}/infer`` through its ``receive``/``send``
 ``--duration`` seconds, ``--repeat`` times. The figure is the process's CPU time per request:
 what normserve itself costs (decoding, batching, the kernel, metrics, encoding), apart from
 uvicorn's HTTP parsing and the socket writes, which a bare ASGI echo in loadbench measures.
+
+``--modes grpc`` does the same for gRPC: each caller hands the servicer's ``ModelInfer`` a
+request parsed from its wire bytes and serialises the answer, as grpc.aio would around it,
+without grpc.aio's own per-call cost (which a bare ``grpc.aio`` echo in loadbench measures).
+Beside it, "grpc echo handler" runs the echo's handler (``load.grpc_echo_reply``) the same way:
+what a handler that only answers costs, so the difference is normserve's own Python per call.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from normserve.service.app import create_app
 from normserve.service.http.connections import BODY_DEADLINE
 from normserve.service.settings import Settings
 
-from .load import MODES, PAYLOADS, _install_uvloop, infer_body
+from .load import MODES, PAYLOADS, _install_uvloop, grpc_echo_reply, infer_body, sample
 from .load_peers import MODEL
 
-APP_MODES = ("http-binary", "http-json")
+APP_MODES = ("http-binary", "http-json", "grpc")
+GRPC_ECHO = "grpc echo handler"
 
 
 @dataclass
@@ -95,18 +102,68 @@ async def _measure(app: Callable, mode: str, payload: str, clients: int,
     return Result(mode, payload, clients, done / wall, cpu / max(done, 1) * 1e6, failed)
 
 
+class _Caller:
+    """What ``ModelInfer`` asks of its ``grpc.aio`` context: the caller's address (a caller is
+    a connection of its own, as in ``_measure``), and an abort, which fails the run."""
+
+    def __init__(self, port: int) -> None:
+        self._peer = f"ipv4:127.0.0.1:{port}"
+
+    def peer(self) -> str:
+        return self._peer
+
+    async def abort(self, code: Any, details: str) -> None:
+        raise RuntimeError(f"ModelInfer answered {code}: {details}")
+
+
+async def _measure_grpc(app: Callable, mode: str, payload: str, clients: int,
+                        duration: float) -> Result:
+    from tritonclient.grpc import service_pb2
+
+    from normserve.service.grpc.servicer import Servicer
+
+    shape = PAYLOADS[payload]
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=shape)
+    request.raw_input_contents.append(sample(shape).tobytes())
+    wire = request.SerializeToString()
+    if mode == GRPC_ECHO:
+        async def handler(request: Any, context: _Caller) -> Any:
+            return grpc_echo_reply(request)
+    else:
+        handler = Servicer(app.state.ctx.dataplane).ModelInfer
+    done = failed = 0
+
+    async def caller(until: float, port: int) -> None:
+        nonlocal done, failed
+        context = _Caller(port)
+        while time.perf_counter() < until:
+            reply = await handler(service_pb2.ModelInferRequest.FromString(wire), context)
+            answer = reply.SerializeToString()
+            done += 1
+            failed += len(answer) < len(request.raw_input_contents[0])
+
+    cpu, start = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(caller(start + duration, 10000 + i) for i in range(clients)))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Result(mode, payload, clients, done / wall, cpu / max(done, 1) * 1e6, failed)
+
+
 async def run(args: argparse.Namespace) -> list[Result]:
     app = create_app(Settings(grpc_port=0))
     messages, lifespan = await _start(app)
     results = []
     try:
-        for mode in args.modes:
+        modes = [m for mode in args.modes for m in ((mode, GRPC_ECHO) if mode == "grpc"
+                                                    else (mode,))]
+        for mode in modes:
+            measure = _measure_grpc if mode in ("grpc", GRPC_ECHO) else _measure
             for payload in args.payloads:
-                await _measure(app, mode, payload, args.clients, min(args.duration, 0.5))
+                await measure(app, mode, payload, args.clients, min(args.duration, 0.5))
                 for _ in range(args.repeat):
-                    result = await _measure(app, mode, payload, args.clients, args.duration)
+                    result = await measure(app, mode, payload, args.clients, args.duration)
                     results.append(result)
-                    print(f"{MODES[mode]} {payload}, {result.clients} callers: "
+                    print(f"{MODES.get(mode, mode)} {payload}, {result.clients} callers: "
                           f"{result.rps:.0f} req/s, {result.cpu_us:.1f} us CPU per request, "
                           f"{result.failed} failed", flush=True)
     finally:

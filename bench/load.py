@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -357,6 +357,18 @@ def _wait(probe: str | Callable[[], bool], procs: list[subprocess.Popen], timeou
     raise RuntimeError(f"{probe if isinstance(probe, str) else 'gRPC server'} not ready")
 
 
+def grpc_echo_reply(request: Any) -> Any:
+    """The gRPC echo's answer to a ``ModelInferRequest``: its tensors, as they came."""
+    from tritonclient.grpc import service_pb2
+
+    reply = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1",
+                                           id=request.id)
+    for tensor in request.inputs:
+        reply.outputs.add(name="output", datatype=tensor.datatype, shape=tensor.shape)
+    reply.raw_output_contents.extend(request.raw_input_contents)
+    return reply
+
+
 def _serve_grpc_echo(port: int, reuse_port: bool) -> None:
     """The gRPC ceiling (the FastAPI echo's counterpart): a bare ``grpc.aio`` server whose
     ModelInfer (and ModelStreamInfer) answers with the posted tensor. Besides, only what
@@ -379,14 +391,9 @@ def _serve_grpc_echo(port: int, reuse_port: bool) -> None:
     answered = [0, 0]  # calls, rows
 
     def echo(request):
-        reply = service_pb2.ModelInferResponse(model_name=request.model_name, model_version="1",
-                                               id=request.id)
-        for tensor in request.inputs:
-            reply.outputs.add(name="output", datatype=tensor.datatype, shape=tensor.shape)
-            answered[1] += tensor.shape[0] if tensor.shape else 1
-        reply.raw_output_contents.extend(request.raw_input_contents)
         answered[0] += 1
-        return reply
+        answered[1] += sum(t.shape[0] if t.shape else 1 for t in request.inputs)
+        return grpc_echo_reply(request)
 
     class Echo(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def ServerLive(self, request, context):

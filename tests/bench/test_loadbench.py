@@ -302,13 +302,14 @@ def test_sample_is_deterministic():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_appbench_drives_the_app_in_process(capsys):
-    """The in-process benchmark (bench/app.py) answers every request 200 and reports
-    a rate and a CPU cost per request for each mode."""
+    """The in-process benchmark (bench/app.py) answers every request (HTTP 200; over gRPC an
+    answer carrying the tensor) and reports a rate and a CPU cost per request for each mode,
+    and for the gRPC echo's handler beside gRPC."""
     from normserve.bench import app as appbench
 
     assert appbench.main(["--duration", "0.3", "--repeat", "1", "--clients", "4"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    for mode in ("v2 binary", "v2 json"):
+    for mode in ("v2 binary", "v2 json", "v2 grpc", "grpc echo handler"):
         line = next(x for x in lines if x.startswith(f"{mode} 1x1024, 4 callers: "))
         rate, cpu = (float(v) for v in re.findall(r"([\d.]+) (?:req/s|us CPU)", line))
         assert rate > 0 and cpu > 0 and line.endswith(", 0 failed"), line
