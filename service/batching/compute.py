@@ -31,9 +31,17 @@ def compute(layer: PreparedLayer, xs: Sequence[Tensors | np.ndarray],
     A request whose inputs the kernel can read in place and whose every output has a target
     (one shared-memory region to another) runs as a kernel call of its own, straight from
     its inputs into its targets: joining it would copy its bytes twice more (into the batch,
-    out of it) to save a launch of a few microseconds. The others are joined into one call."""
+    out of it) to save a launch of a few microseconds. The others are joined into one call.
+    A request alone in its batch (light load) is not joined: see ``_alone``."""
     t0 = time.perf_counter()
     bare = type(xs[0]) is not tuple
+    if len(xs) == 1:
+        target = targets[0]
+        if bare:
+            out = _alone(layer, (xs[0],), None if target is None else (target,))[0]
+        else:
+            out = _alone(layer, xs[0], target)
+        return [out], time.perf_counter() - t0
     if bare:
         xs = [(x,) for x in xs]
         targets = [None if t is None else (t,) for t in targets]
@@ -51,6 +59,28 @@ def compute(layer: PreparedLayer, xs: Sequence[Tensors | np.ndarray],
     if bare:
         return [out[0] for out in outs], time.perf_counter() - t0
     return outs, time.perf_counter() - t0
+
+
+def _alone(layer: PreparedLayer, ins: Tensors, target: Targets | None) -> Tensors:
+    """A batch of one request: the kernel reads its inputs (a copy of those it cannot read
+    in place) and writes its outputs, into its targets where it has them: no batch
+    buffers to fill and split (they cost a few microseconds of Python per batch, a
+    sizeable part of a lone small request). Outputs without a target are the layer's
+    own (pooled) arrays, copied into the targets there are."""
+    if not _all_usable(ins):
+        ins = tuple(a if _usable(a) else _copy(a) for a in ins)
+    if _complete(target, layer):
+        return layer.apply_all(ins, target)
+    outs = layer.apply_all(ins)
+    if target is None:
+        return outs
+    return tuple(_fill(t, rows) for t, rows in zip(target, outs, strict=True))
+
+
+def _copy(a: np.ndarray) -> np.ndarray:
+    x = POOL.empty(a.shape, a.dtype)
+    np.copyto(x, a)
+    return x
 
 
 def _complete(target: Targets | None, layer: PreparedLayer) -> bool:

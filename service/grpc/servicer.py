@@ -195,13 +195,13 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._infer(request, context.peer())
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
-                               context: grpc.aio.ServicerContext
-                               ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+                               context: grpc.aio.ServicerContext) -> None:
         """Requests of a stream run concurrently (they batch with each other and with every
-        other client); each answer, or its error, is sent as soon as it is ready, with the
+        other client); each answer, or its error, is written by its own request's task as
+        soon as it is ready (one write in flight at a time: gRPC's rule), with the
         request's ``id`` to match them. An error ends nothing but its own request."""
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         peer = context.peer()
+        writing = asyncio.Lock()
         running: set[asyncio.Task] = set()
 
         async def one(request: pb.ModelInferRequest) -> None:
@@ -217,24 +217,19 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 log.exception("internal error in gRPC ModelStreamInfer")
                 reply = pb.ModelStreamInferResponse(
                     error_message=f"internal error: {type(exc).__name__}")
-            answers.put_nowait(reply)
+            async with writing:
+                try:
+                    await context.write(reply)
+                except Exception as exc:  # the stream ended under it: the client left
+                    log.debug("gRPC ModelStreamInfer: an answer not sent (%s)", exc)
 
-        async def read() -> None:
-            try:
-                async for request in request_iterator:
-                    task = asyncio.create_task(one(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                if running:
-                    await asyncio.gather(*running)
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
         try:
-            while (answer := await answers.get()) is not None:
-                yield answer
+            async for request in request_iterator:
+                task = asyncio.create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running)
         finally:  # the client went away, or the stream ended: nothing is left running
-            reader.cancel()
             for task in list(running):
                 task.cancel()

@@ -88,3 +88,40 @@ def test_compute_joins_requests_and_hands_each_its_rows() -> None:
     assert outs[1] is target
     for x, out in zip(xs, outs, strict=True):
         assert out.tobytes() == layer.apply(x).tobytes()
+
+
+def _read_only_unaligned(x: np.ndarray) -> np.ndarray:
+    """``x`` as a gRPC or binary-HTTP decoder hands it over: a read-only view of bytes, here
+    one byte off alignment."""
+    raw = bytearray(x.nbytes + 1)
+    raw[1:] = x.tobytes()
+    view = np.frombuffer(bytes(raw), np.uint8)[1:].view(x.dtype).reshape(x.shape)
+    assert not view.flags.writeable and not view.flags.aligned
+    return view
+
+
+def test_a_request_alone_runs_from_a_copy_of_a_view_it_cannot_read_in_place() -> None:
+    layer = prepare("layer_norm", {"weight": np.linspace(0.5, 1.5, 8)}, normalized_shape=[8])
+    x = np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32)
+    view = _read_only_unaligned(x)
+    (out,), _ = compute(layer, [view], [None])
+    assert out.tobytes() == layer.apply(x).tobytes()
+    target = np.empty((3, 8), np.float32)
+    (out,), _ = compute(layer, [view], [target])
+    assert out is target and target.tobytes() == layer.apply(x).tobytes()
+
+
+def test_a_request_alone_fills_the_targets_it_has_and_gets_the_other_outputs() -> None:
+    layer = prepare("add_rms_norm", {"weight": np.linspace(0.5, 1.5, 8)},
+                    normalized_shape=[8])
+    rng = np.random.default_rng(2)
+    x, r = (rng.standard_normal((2, 8)).astype(np.float32) for _ in range(2))
+    want_y, want_h = layer.apply(x, r)
+    h_target = np.empty((2, 8), np.float32)
+    ((y, h),), _ = compute(layer, [(_read_only_unaligned(x), r)], [(None, h_target)])
+    assert h is h_target
+    assert y.tobytes() == want_y.tobytes() and h.tobytes() == want_h.tobytes()
+    y_target, h_target = np.empty((2, 8), np.float32), np.empty((2, 8), np.float32)
+    ((y, h),), _ = compute(layer, [(x, r)], [(y_target, h_target)])
+    assert y is y_target and h is h_target
+    assert y.tobytes() == want_y.tobytes() and h.tobytes() == want_h.tobytes()
