@@ -36,14 +36,14 @@ class Closed(Exception):
     """The model is being removed or the server is shutting down."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Timing:
     queue_s: float = 0.0
     compute_s: float = 0.0
     batch_rows: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Pending:
     xs: tuple[np.ndarray, ...]  # one array per input of the layer, rows aligned
     key: tuple
