@@ -288,7 +288,9 @@ class Batcher(CallerReturns):
         are expected long after it: not waited for). That is what batches gRPC: grpc.aio
         hands the loop one new call per round trip through its poller thread, several loop
         turns apart, so counting idle turns closed nearly every batch at one request
-        (bench-results/notes.md).
+        (bench-results/notes.md). And it closes at once when every request in progress is
+        queued and no caller was answered lately (``all_here``): no one known is on the way,
+        and a lone client's request does not pay the idle turns.
         """
         deadline = first.enqueued + self.max_delay_s
         idle_turns = 0
@@ -301,6 +303,8 @@ class Batcher(CallerReturns):
             if (due := self.caller_due(now, deadline)) is not None:
                 await self._sleep(min(left, due - now), (first.key, deadline))
                 continue
+            if self.all_here(len(self._queue)):
+                return
             before = len(self._queue)
             await asyncio.sleep(0)
             idle_turns = 0 if len(self._queue) > before else idle_turns + 1

@@ -28,12 +28,25 @@ class CallerReturns:
         self.max_return_s = max_return_s
         self.gap_weight = gap_weight  # of the newest gap in the running mean
         self._in_progress: dict[Hashable, tuple[int, bool]] = {}
+        self._requests = 0  # in progress, of every caller
+        #: Per caller, answers it has not yet followed with a request (a closed-loop client
+        #: sends one per answer; a channel several clients share owes several), forgotten
+        #: with its ``_answered`` entry; and their sum.
+        self._owed: dict[Hashable, int] = {}
+        self._owed_total = 0
         self._answered: dict[Hashable, float] = {}
         self._away: dict[Hashable, float] = {}
         self._gap = 0.0
 
     def caller_arrived(self, caller: Hashable) -> None:
         """``caller`` sent a request (back after a gap, when it was answered before)."""
+        self._requests += 1
+        if (owed := self._owed.get(caller)) is not None:
+            self._owed_total -= 1
+            if owed > 1:
+                self._owed[caller] = owed - 1
+            else:
+                del self._owed[caller]
         count, returns = self._in_progress.get(caller, (0, False))
         if not count and (answered := self._answered.pop(caller, None)) is not None:
             gap = time.perf_counter() - answered
@@ -44,6 +57,9 @@ class CallerReturns:
 
     def caller_left(self, caller: Hashable) -> None:
         """``caller`` has its answer (or gave up)."""
+        self._requests -= 1
+        self._owed[caller] = self._owed.get(caller, 0) + 1
+        self._owed_total += 1
         count, returns = self._in_progress.pop(caller)
         if count > 1:
             self._in_progress[caller] = (count - 1, returns)
@@ -53,6 +69,7 @@ class CallerReturns:
         answered[caller] = now
         while (oldest := next(iter(answered.items())))[1] < now - self.max_return_s:
             del answered[oldest[0]]
+            self._owed_total -= self._owed.pop(oldest[0], 0)
         if returns:  # not a connection per request: it may come back
             self._away[caller] = now
         self.caller_due(now, now)  # forgets those gone
@@ -72,3 +89,11 @@ class CallerReturns:
                     else None
             del away[caller]
         return None
+
+    def all_here(self, held: int) -> bool:
+        """Whether no request of a caller known is on its way: the ``held`` requests the
+        batcher holds are every one in progress, and every answer given lately was followed
+        by its caller's next request. A batch then has no one to wait for, not even a few
+        loop turns: a lone client's requests run at once. (A caller never seen before may
+        still be arriving: it gets the next batch.)"""
+        return self._requests == held and not self._owed_total

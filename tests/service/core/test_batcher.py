@@ -345,6 +345,29 @@ def test_adaptive_does_not_wait_for_callers_expected_after_the_deadline(executor
     assert shapes(batches) == [(2, 2), (2, 2), (1, 1), (1, 1)]
 
 
+def test_adaptive_closes_at_once_when_every_caller_known_is_in_the_batch(executor) -> None:
+    """"a", a lone client (no other caller answered lately), has no one to wait for: its
+    batch runs without the idle turns, so "c", a caller never seen before, arriving one
+    loop turn later, gets the next batch. Requests of no known caller still wait the idle
+    turns (the last batch): one arriving a turn later joins them."""
+    batcher, batches = make(executor, adaptive=True, max_batch_size=64)
+
+    async def main() -> None:
+        batcher.start()
+        await turns(1)
+        await batcher.submit(rows_of(16, 1), 30.0, caller="a")
+        await asyncio.gather(
+            batcher.submit(rows_of(16, 1), 30.0, caller="a"),
+            after_turns(1, lambda: batcher.submit(rows_of(16, 1), 30.0, caller="c")))
+        await asyncio.gather(
+            batcher.submit(rows_of(16, 1), 30.0),
+            after_turns(1, lambda: batcher.submit(rows_of(16, 1), 30.0)))
+        await batcher.close()
+
+    asyncio.run(main())
+    assert shapes(batches) == [(1, 1), (1, 1), (1, 1), (2, 2)]
+
+
 def test_a_caller_with_requests_in_progress_is_not_waited_for(executor) -> None:
     """"a" has two requests queued that cannot share a batch (FP32 and FP64). The first
     one's answer leaves "a" with one in progress, not a caller to wait for: the second

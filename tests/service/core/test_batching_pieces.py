@@ -78,6 +78,24 @@ def test_answers_are_kept_no_longer_than_max_return_s(clock: Clock) -> None:
     assert list(c._answered) == ["b", "c"]
 
 
+def test_all_here_only_when_every_request_in_progress_is_held_and_no_one_may_return(
+        clock: Clock) -> None:
+    c = returns(max_return_s=0.5)
+    c.caller_arrived("a")
+    assert c.all_here(1) and not c.all_here(0)  # a batch without a's request: it is coming
+    c.caller_arrived("b")
+    assert not c.all_here(1) and c.all_here(2)
+    c.caller_left("b")
+    assert not c.all_here(1)  # "b", answered a moment ago, may come back
+    clock.now += 0.6
+    c.caller_left("a")  # "b" is past max_return_s: forgotten
+    c.caller_arrived("a")
+    assert c.all_here(1)
+    c.caller_arrived("a")  # a second request on the same connection (a shared gRPC channel)
+    c.caller_left("a")
+    assert not c.all_here(1)  # the client answered may send another: "a" is not all here
+
+
 def test_compute_joins_requests_and_hands_each_its_rows() -> None:
     layer = prepare("rms_norm", {"weight": np.linspace(0.5, 1.5, 8)}, normalized_shape=[8])
     rng = np.random.default_rng(0)
