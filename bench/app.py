@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,13 +70,10 @@ async def _measure(app: Callable, mode: str, payload: str, clients: int,
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     raw += [(b"content-length", str(len(body)).encode()), (b"host", b"appbench")]
     path = f"/v2/models/{MODEL}/infer"
-    done = failed = 0
 
-    async def caller(until: float, port: int) -> None:
-        nonlocal done, failed
-        while time.perf_counter() < until:
-            # As normserve's own connections (connections.py) present a request; each caller
-            # is a connection of its own (the batcher tells callers apart by it).
+    def caller(port: int) -> Callable[[], Awaitable[bool]]:
+        async def call() -> bool:
+            # As normserve's own connections (connections.py) present a request.
             scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                      "method": "POST", "scheme": "http", "path": path,
                      "raw_path": path.encode(), "query_string": b"", "root_path": "",
@@ -85,19 +82,36 @@ async def _measure(app: Callable, mode: str, payload: str, clients: int,
             messages = iter([{"type": "http.request", "body": body, "more_body": False}])
             status: list[int] = []
 
-            async def receive(messages: Any = messages) -> dict[str, Any]:
+            async def receive() -> dict[str, Any]:
                 return next(messages, {"type": "http.disconnect"})
 
-            async def send(message: dict[str, Any], status: list[int] = status) -> None:
+            async def send(message: dict[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     status.append(message["status"])
 
             await app(scope, receive, send)
+            return status == [200]
+        return call
+
+    return await _drive(caller, mode, payload, clients, duration)
+
+
+async def _drive(caller: Callable[[int], Callable[[], Awaitable[bool]]], mode: str,
+                 payload: str, clients: int, duration: float) -> Result:
+    """``clients`` callers, each a connection of its own (the batcher tells callers apart by
+    it: caller ``i`` is port 10000 + i), each calling its ``caller(port)`` (True: a good
+    answer) until ``duration`` is over; the process's CPU time per call."""
+    done = failed = 0
+
+    async def run(until: float, call: Callable[[], Awaitable[bool]]) -> None:
+        nonlocal done, failed
+        while time.perf_counter() < until:
+            ok = await call()
             done += 1
-            failed += status != [200]
+            failed += not ok
 
     cpu, start = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(caller(start + duration, 10000 + i) for i in range(clients)))
+    await asyncio.gather(*(run(start + duration, caller(10000 + i)) for i in range(clients)))
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     return Result(mode, payload, clients, done / wall, cpu / max(done, 1) * 1e6, failed)
 
@@ -132,21 +146,17 @@ async def _measure_grpc(app: Callable, mode: str, payload: str, clients: int,
             return grpc_echo_reply(request)
     else:
         handler = Servicer(app.state.ctx.dataplane).ModelInfer
-    done = failed = 0
+    tensor_bytes = len(request.raw_input_contents[0])
 
-    async def caller(until: float, port: int) -> None:
-        nonlocal done, failed
+    def caller(port: int) -> Callable[[], Awaitable[bool]]:
         context = _Caller(port)
-        while time.perf_counter() < until:
-            reply = await handler(service_pb2.ModelInferRequest.FromString(wire), context)
-            answer = reply.SerializeToString()
-            done += 1
-            failed += len(answer) < len(request.raw_input_contents[0])
 
-    cpu, start = time.process_time(), time.perf_counter()
-    await asyncio.gather(*(caller(start + duration, 10000 + i) for i in range(clients)))
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return Result(mode, payload, clients, done / wall, cpu / max(done, 1) * 1e6, failed)
+        async def call() -> bool:
+            reply = await handler(service_pb2.ModelInferRequest.FromString(wire), context)
+            return len(reply.SerializeToString()) >= tensor_bytes
+        return call
+
+    return await _drive(caller, mode, payload, clients, duration)
 
 
 async def run(args: argparse.Namespace) -> list[Result]:

@@ -289,8 +289,8 @@ class Batcher(CallerReturns):
         hands the loop one new call per round trip through its poller thread, several loop
         turns apart, so counting idle turns closed nearly every batch at one request
         (bench-results/notes.md). And it closes at once when every request in progress is
-        queued and no caller was answered lately (``all_here``): no one known is on the way,
-        and a lone client's request does not pay the idle turns.
+        queued and every answer was followed by its caller's next request (``all_here``): no
+        one known is on the way, and a lone client's request does not pay the idle turns.
         """
         deadline = first.enqueued + self.max_delay_s
         idle_turns = 0

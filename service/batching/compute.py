@@ -32,7 +32,8 @@ def compute(layer: PreparedLayer, xs: Sequence[Tensors | np.ndarray],
     (one shared-memory region to another) runs as a kernel call of its own, straight from
     its inputs into its targets: joining it would copy its bytes twice more (into the batch,
     out of it) to save a launch of a few microseconds. The others are joined into one call.
-    A request alone in its batch (light load) is not joined: see ``_alone``."""
+    A request alone in its batch (light load), or the only one left to join, is not joined:
+    see ``_alone``."""
     t0 = time.perf_counter()
     bare = type(xs[0]) is not tuple
     if len(xs) == 1:
@@ -52,7 +53,10 @@ def compute(layer: PreparedLayer, xs: Sequence[Tensors | np.ndarray],
             outs[i] = layer.apply_all(ins, target)
         else:
             joined.append(i)
-    if joined:
+    if len(joined) == 1:
+        i = joined[0]
+        outs[i] = _alone(layer, xs[i], targets[i])
+    elif joined:
         for i, out in zip(joined, _joined(layer, [xs[i] for i in joined],
                                           [targets[i] for i in joined]), strict=True):
             outs[i] = out
@@ -91,17 +95,13 @@ def _complete(target: Targets | None, layer: PreparedLayer) -> bool:
 
 def _joined(layer: PreparedLayer, xs: list[Tensors], targets: list[Targets | None]
             ) -> list[Tensors]:
-    """Join each input of the requests into one batch buffer (the one copy, rows aligned
-    across inputs), apply, return per-request views of every output (or the requests' own
-    targets, filled)."""
-    if len(xs) == 1 and _all_usable(xs[0]):
-        ins = xs[0]
-    else:  # pooled buffers: their pages are already mapped (fresh ones fault on first touch)
-        rows = sum(x[0].shape[0] for x in xs)
-        ins = (_join([x[0] for x in xs], rows),) if len(xs[0]) == 1 else \
-            tuple(_join([x[k] for x in xs], rows) for k in range(len(xs[0])))
-    if len(xs) == 1 and _complete(targets[0], layer):  # alone: the kernel writes them itself
-        return [layer.apply_all(ins, targets[0])]
+    """Join each input of two or more requests into one batch buffer (the one copy, rows
+    aligned across inputs), apply, return per-request views of every output (or the
+    requests' own targets, filled). Pooled buffers: their pages are already mapped (fresh
+    ones fault on first touch)."""
+    rows = sum(x[0].shape[0] for x in xs)
+    ins = (_join([x[0] for x in xs], rows),) if len(xs[0]) == 1 else \
+        tuple(_join([x[k] for x in xs], rows) for k in range(len(xs[0])))
     first = ins[0]
     shape = layer.output_shape(first.shape)
     one = len(layer.output_names) == 1  # the common case, without generators

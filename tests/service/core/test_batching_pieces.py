@@ -143,3 +143,14 @@ def test_a_request_alone_fills_the_targets_it_has_and_gets_the_other_outputs() -
     ((y, h),), _ = compute(layer, [(x, r)], [(y_target, h_target)])
     assert y is y_target and h is h_target
     assert y.tobytes() == want_y.tobytes() and h.tobytes() == want_h.tobytes()
+
+
+def test_the_only_request_left_to_join_runs_alone_beside_one_with_its_targets() -> None:
+    layer = prepare("rms_norm", {"weight": np.linspace(0.5, 1.5, 8)}, normalized_shape=[8])
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((rows, 8)).astype(np.float32) for rows in (2, 3)]
+    target = np.empty((2, 8), np.float32)
+    outs, _ = compute(layer, [xs[0], _read_only_unaligned(xs[1])], [target, None])
+    assert outs[0] is target
+    for x, out in zip(xs, outs, strict=True):
+        assert out.tobytes() == layer.apply(x).tobytes()
