@@ -123,7 +123,9 @@ start() {
 
 # within LIMIT S: the start that just ran was ready within the limit
 within() { awk -v a="$ready_s" -v b="$READY_LIMIT" 'BEGIN { exit !(a <= b) }'; }
-logged() { pm logs "$name" 2>&1 | grep -q -- "$1"; }
+# The log is read whole before grep: `grep -q` stops at the first match, and under pipefail
+# the SIGPIPE that gives `podman logs` would fail the check although the line is there.
+logged() { local log; log=$(pm logs "$name" 2>&1); grep -q -- "$1" <<<"$log"; }
 
 start ns-warm
 warm_s=$ready_s
@@ -155,7 +157,7 @@ code=$(timeout 15 podman --root "$WORK/storage" --runroot "$WORK/run" wait ns-wa
     || fail "still running 15 s after SIGTERM"
 stop_s=$(since "$t")
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
-pm logs ns-warm 2>&1 | grep -q "Application shutdown complete" || fail "no drained shutdown in logs"
+logged "Application shutdown complete" || fail "no drained shutdown in logs"
 say "SIGTERM -> exited 0 after draining: $stop_s s"
 pm rm ns-warm >/dev/null
 
