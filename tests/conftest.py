@@ -83,9 +83,9 @@ def app_client(app_factory: Callable[..., InProcess], admin_token: str) -> httpx
 
 
 @pytest.fixture
-async def async_app_client(admin_token: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The same app for async tests: ``httpx.AsyncClient(transport=ASGITransport(app))``,
-    the lifespan entered on the test's own event loop."""
+async def async_app(admin_token: str) -> AsyncIterator[Any]:
+    """The demo repository's app for async tests, its lifespan entered on the test's own
+    event loop and its models ready: for ``httpx.ASGITransport``."""
     app = create_app(Settings(admin_token=admin_token, grpc_port=0))
     # The lifespan chains its drain-on-SIGTERM handlers to this (the main) thread's: put
     # pytest's back afterwards.
@@ -95,7 +95,15 @@ async def async_app_client(admin_token: str) -> AsyncIterator[httpx.AsyncClient]
                 transport=httpx.ASGITransport(app), base_url="http://testserver") as client:
             while (await client.get("/v2/health/ready")).status_code != 200:
                 await asyncio.sleep(0.02)
-            yield client
+            yield app
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+@pytest.fixture
+async def async_app_client(async_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """``async_app`` through ``httpx.AsyncClient(transport=ASGITransport(app))``."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(async_app),
+                                 base_url="http://testserver") as client:
+        yield client

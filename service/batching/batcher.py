@@ -143,30 +143,60 @@ class Batcher(CallerReturns):
         bare = type(x) is not tuple
         if bare:
             xs, out = (x,), None if out is None else (out,)
-            key = (x.dtype, x.shape[1:])
         else:
             xs = x
-            first = xs[0]
-            key = (first.dtype, first.shape[1:]) if len(xs) == 1 else \
-                tuple((a.dtype, a.shape[1:]) for a in xs)
-        loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        item = _Pending(xs, key, loop.create_future(), now, now + timeout_s, out)
-        self._queue.append(item)
-        self._depth_changed()
         caller = caller if self.adaptive and self.batching else None  # only its wait uses them
         if caller is not None:
             self.caller_arrived(caller)
-        if self._expiry is None or item.deadline < self._expiry_at:
-            self._arm_expiry(item.deadline)
-        if self._waiter is not None and self._wakes(item, now):
-            self._wake_loop()
         try:
-            out = await item.future
+            if self._runs_now(xs, now, caller is not None):
+                out, timing = self._run_now(xs, out)
+            else:
+                first = xs[0]
+                key = (first.dtype, first.shape[1:]) if len(xs) == 1 else \
+                    tuple((a.dtype, a.shape[1:]) for a in xs)
+                item = _Pending(xs, key, asyncio.get_running_loop().create_future(), now,
+                                now + timeout_s, out)
+                self._queue.append(item)
+                self._depth_changed()
+                if self._expiry is None or item.deadline < self._expiry_at:
+                    self._arm_expiry(item.deadline)
+                if self._waiter is not None and self._wakes(item, now):
+                    self._wake_loop()
+                out, timing = await item.future, item.timing
         finally:
             if caller is not None:
                 self.caller_left(caller)
-        return (out[0] if bare else out), item.timing
+        return (out[0] if bare else out), timing
+
+    def _runs_now(self, xs: tuple[np.ndarray, ...], now: float, counted: bool) -> bool:
+        """Whether this request would be a batch of its own, run at once on the event loop:
+        the loop idles (nothing queued, running or gathered), the kernel is small enough to
+        run inline, and no one is to be waited for (``_gather``'s rules). It then runs in
+        the caller's own task: handing it to the loop's task and its answer back costs two
+        turns of the event loop, a sizeable part of a lone small request. ``counted``: the
+        request's caller is known (an unnamed caller's request waits its idle turns, as
+        ``_gather`` has it, since others may be on their way)."""
+        if self._waiter is None or self._gathering is not None or self._queue:
+            return False
+        first = xs[0]
+        rows = first.shape[0]
+        if self.layer.work((rows, *first.shape[1:])) > INLINE_MAX_WORK:
+            return False
+        if not self.batching or rows >= self.max_batch_size or self._stopping:
+            return True
+        return self.adaptive and counted and self.all_here(1) and \
+            self.caller_due(now, now + self.max_delay_s) is None
+
+    def _run_now(self, xs: tuple[np.ndarray, ...], out: tuple[np.ndarray | None, ...] | None
+                 ) -> tuple[Any, Timing]:
+        """``_runs_now``'s request: its outputs and timing, as ``_run`` gives a batch of one."""
+        outs, compute_s = compute(self.layer, (xs,), (out,))
+        rows = xs[0].shape[0]
+        if self.on_batch is not None:
+            self.on_batch(rows, 1, compute_s)
+        return outs[0], Timing(0.0, compute_s, rows)
 
     def _wakes(self, item: _Pending, now: float) -> bool:
         """Whether a new request changes what the sleeping loop would do: it idles (any

@@ -204,6 +204,35 @@ def test_adaptive_answers_a_lone_request_without_waiting_the_delay(executor) -> 
     assert shapes(batches) == [(1, 1)]
 
 
+def test_a_lone_known_callers_request_runs_in_its_own_task(executor) -> None:
+    """With the batcher idle and no one else known, a caller's request runs at once in the
+    caller's task (no time queued, the loop never woken); bitwise what the queue gives. Not
+    so for a request of no named caller (others may be on their way), nor for one whose
+    kernel is too large to run on the event loop (the compute thread's)."""
+    batcher, batches = make(executor, n=1024, adaptive=True, max_batch_size=2 * LARGE)
+    small, large = rows_of(1024, 1), rows_of(1024, LARGE)
+    assert batcher.layer.work(large.shape) > INLINE_MAX_WORK
+
+    async def main() -> list[tuple[np.ndarray, Timing]]:
+        batcher.start()
+        await turns(1)
+        wake = batcher._waiter
+        results = [await batcher.submit(small, 30.0, caller="a")]
+        assert wake is batcher._waiter and not wake.done()  # the loop slept throughout
+        results.append(await batcher.submit(small, 30.0))
+        results.append(await batcher.submit(large, 30.0, caller="a"))
+        await batcher.close()
+        return results
+
+    (now, now_t), (queued, queued_t), (big, big_t) = asyncio.run(main())
+    assert now_t.queue_s == 0.0 and now_t.batch_rows == 1
+    assert queued_t.queue_s > 0.0 and big_t.queue_s > 0.0
+    assert shapes(batches) == [(1, 1), (1, 1), (LARGE, 1)]
+    assert now.tobytes() == queued.tobytes()
+    assert_bitwise(now, batcher.layer, small)
+    assert_bitwise(big, batcher.layer, large)
+
+
 def test_adaptive_keeps_a_batch_open_while_requests_keep_arriving(executor) -> None:
     """A request every loop turn resets the idle count: all six join one batch."""
     batcher, batches = make(executor, adaptive=True, max_batch_size=64)
@@ -245,7 +274,11 @@ def test_adaptive_closes_after_the_idle_turns(executor) -> None:
 
 
 async def two_rounds(batcher: Batcher, *callers: str) -> None:
-    """Each caller asks, is answered, and comes back once: callers seen to return."""
+    """Each caller asks, is answered, and comes back once: callers seen to return. Batches:
+    (1, 1), (1, 1), then one of them all. The first caller, found with the batcher idle and
+    no one else known, runs at once in its own task; the others then wait their idle turns
+    (an answered caller, never seen back yet, is not waited for); in the second round every
+    caller known comes back, and the batch closes when the last one has."""
     for _ in range(2):
         await asyncio.gather(*(batcher.submit(rows_of(16, 1), 30.0, caller=c) for c in callers))
 
@@ -270,7 +303,7 @@ def test_adaptive_waits_for_a_caller_coming_back(executor) -> None:
         return elapsed, results
 
     elapsed, results = asyncio.run(main())
-    assert shapes(batches) == [(2, 2), (2, 2), (2, 2)]
+    assert shapes(batches) == [(1, 1), (1, 1), (2, 2), (2, 2)]
     assert elapsed < WELL_UNDER_S
     for x, (out, _) in zip(xs[2:], results, strict=True):
         assert_bitwise(out, batcher.layer, x)
@@ -298,7 +331,7 @@ def test_adaptive_does_not_wait_for_the_caller_itself_nor_for_one_gone(
         return times
 
     assert max(asyncio.run(main())) < WELL_UNDER_S
-    assert shapes(batches) == [(2, 2), (2, 2), (1, 1), (1, 1), (1, 1)]
+    assert shapes(batches) == [(1, 1), (1, 1), (2, 2), (1, 1), (1, 1), (1, 1)]
 
 
 def test_adaptive_does_not_wait_for_a_connection_per_request(executor) -> None:
@@ -324,7 +357,8 @@ def test_adaptive_does_not_wait_for_a_connection_per_request(executor) -> None:
 def test_adaptive_does_not_wait_for_callers_expected_after_the_deadline(executor) -> None:
     """"a" and "b" think 0.1 s between requests; the delay is 20 ms. "b", answered a moment
     ago, is expected back ~0.1 s later, long past "a"'s deadline: "a"'s batch closes after
-    its idle turns (it does not wait out the 20 ms), and "b" gets a batch of its own."""
+    its idle turns (it does not wait out the 20 ms), and "b" gets a batch of its own. (The
+    first round is two batches of one, as in ``two_rounds``.)"""
     batcher, batches = make(executor, adaptive=True, max_batch_size=64,
                             max_queue_delay_us=20_000)
 
@@ -342,7 +376,7 @@ def test_adaptive_does_not_wait_for_callers_expected_after_the_deadline(executor
         await batcher.close()
 
     asyncio.run(main())
-    assert shapes(batches) == [(2, 2), (2, 2), (1, 1), (1, 1)]
+    assert shapes(batches) == [(1, 1), (1, 1), (2, 2), (1, 1), (1, 1)]
 
 
 def test_adaptive_closes_at_once_when_every_caller_known_is_in_the_batch(executor) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import numpy as np
 import pytest
 from service_helpers import (
@@ -34,15 +35,25 @@ DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}
 
 
 @pytest.mark.anyio
-async def test_concurrent_clients_get_their_own_rows(async_app_client):
-    """32 concurrent clients (tasks on the app's own event loop, over httpx's ASGI transport)."""
+async def test_concurrent_clients_get_their_own_rows(async_app, async_app_client):
+    """32 concurrent clients (tasks on the app's own event loop, over httpx's ASGI transport),
+    each a connection of its own (its client address), as the batcher tells callers apart.
+    Each request first gives the loop a turn, as its trip over a network would: the ASGI
+    transport never waits, and a lone caller's request runs at once in its own task, so
+    without it each client would run all its requests before the next client starts."""
     layers = {name: local_layer(name) for name, _ in TARGETS}
     failures: list[str] = []
-    http = async_app_client
 
     async def client(c: int) -> int:
+        async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(async_app, client=("127.0.0.1", 40000 + c)),
+                base_url="http://testserver") as http:
+            return await requests(c, http)
+
+    async def requests(c: int, http: httpx.AsyncClient) -> int:
         done = 0
         for j in range(REQUESTS):
+            await asyncio.sleep(0)
             name, shape = TARGETS[(c + j) % len(TARGETS)]
             datatype = list(DTYPES)[(c * 7 + j) % 3]
             x = unique_input(c, j, shape, DTYPES[datatype])
@@ -69,7 +80,7 @@ async def test_concurrent_clients_get_their_own_rows(async_app_client):
         return done
 
     answered = sum(await asyncio.gather(*(client(c) for c in range(CLIENTS))))
-    metrics = (await http.get("/metrics")).text
+    metrics = (await async_app_client.get("/metrics")).text
     assert not failures, failures[:5]
     assert answered == CLIENTS * REQUESTS
     # Requests were actually joined: fewer kernel runs than requests on the busiest model.
