@@ -369,14 +369,48 @@ def grpc_echo_reply(request: Any) -> Any:
     return reply
 
 
-def _serve_grpc_echo(port: int, reuse_port: bool) -> None:
+def grpc_kernel_reply(layer: Any) -> Callable[[Any], Any]:
+    """The kernel echo's answer: ``layer`` applied to the request's first tensor (FP32 rows),
+    as normserve runs a lone request (the body's bytes copied into an aligned array, the
+    kernel writing a new one), its bytes sent back."""
+    from tritonclient.grpc import service_pb2
+
+    def reply(request: Any) -> Any:
+        tensor = request.inputs[0]
+        x = np.frombuffer(request.raw_input_contents[0], np.float32).reshape(tuple(tensor.shape))
+        y = layer.apply(x.copy())
+        answer = service_pb2.ModelInferResponse(model_name=request.model_name,
+                                                model_version="1", id=request.id)
+        answer.outputs.add(name="output", datatype="FP32", shape=tensor.shape)
+        answer.raw_output_contents.append(y.tobytes())
+        return answer
+
+    return reply
+
+
+def _serve_grpc_echo(port: int, reuse_port: bool, kernel: bool = False) -> None:
     """The gRPC ceiling (the FastAPI echo's counterpart): a bare ``grpc.aio`` server whose
     ModelInfer (and ModelStreamInfer) answers with the posted tensor. Besides, only what
     perf_analyzer asks before and around its load: liveness, readiness, the demo model's
     metadata and configuration (batches of [1024] FP32 rows, as normserve says) and its
-    statistics (counts of the calls answered)."""
+    statistics (counts of the calls answered).
+
+    ``kernel``: the kernel echo, which answers with the layer norm of the posted rows
+    (``grpc_kernel_reply``): the least a server that computes does beyond the echo (no
+    batching, checks, metrics), so normserve's cost apart from the kernel call shows."""
     import grpc
     from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+    answer = grpc_echo_reply
+    if kernel:
+        from normserve import kernels
+        from normserve.kernels.cpu_jit import set_parallel_min_work
+        from normserve.service.settings import Settings
+
+        set_parallel_min_work(Settings.parallel_min_work)  # the threads as `serve` uses them
+        layer = kernels.prepare("layer_norm", {}, normalized_shape=[pa.FEATURES])
+        layer.warmup([np.dtype(np.float32)])
+        answer = grpc_kernel_reply(layer)
 
     fp32 = model_config_pb2.DataType.TYPE_FP32
     config = model_config_pb2.ModelConfig(
@@ -393,7 +427,7 @@ def _serve_grpc_echo(port: int, reuse_port: bool) -> None:
     def echo(request):
         answered[0] += 1
         answered[1] += sum(t.shape[0] if t.shape else 1 for t in request.inputs)
-        return grpc_echo_reply(request)
+        return answer(request)
 
     class Echo(service_pb2_grpc.GRPCInferenceServiceServicer):
         async def ServerLive(self, request, context):
@@ -456,8 +490,9 @@ class Ports:
 @contextlib.contextmanager
 def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
            python: str | None = None) -> Iterator[Ports]:
-    """One server of ``kind`` (echo, grpc-echo, normserve, or a peer of ``PEERS``) on free
-    loopback ports. ``python``: the interpreter of the peer (default: this one)."""
+    """One server of ``kind`` (echo, asgi-echo, grpc-echo, grpc-kernel-echo, normserve, or a
+    peer of ``PEERS``) on free loopback ports. ``python``: the interpreter of the peer
+    (default: this one)."""
     ports = Ports(_free_port())
     stack = contextlib.ExitStack()
     probe: str | Callable[[], bool]
@@ -467,10 +502,10 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
         cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(ports.http),
                "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
         probe = f"http://127.0.0.1:{ports.http}/echo"
-    elif kind == "grpc-echo":
+    elif kind in ("grpc-echo", "grpc-kernel-echo"):
         ports.grpc = _free_port()
         cmd = [sys.executable, "-c", "from normserve.bench.load import _serve_grpc_echo; "
-               f"_serve_grpc_echo({ports.grpc}, {workers > 1})"]
+               f"_serve_grpc_echo({ports.grpc}, {workers > 1}, {kind == 'grpc-kernel-echo'})"]
         probe = _grpc_ready(ports.grpc)
     elif kind in PEERS:
         ports.grpc, ports.metrics = _free_port(), _free_port()
@@ -488,7 +523,7 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
                *(["--allow-shared-memory"] if shared_memory else [])]
         probe = f"http://127.0.0.1:{ports.http}/v2/health/ready"
     # The gRPC echo has no worker pool of its own: one process per worker, sharing the port.
-    copies = workers if kind == "grpc-echo" else 1
+    copies = workers if kind in ("grpc-echo", "grpc-kernel-echo") else 1
     with stack, tempfile.NamedTemporaryFile("w+", prefix=f"loadbench-{kind}-",
                                             suffix=".log") as log:
         procs: list[subprocess.Popen] = []
@@ -870,9 +905,11 @@ def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Co
                                      echo=True))
             grpc_modes = [m for m in ("grpc", *pa.ECHO_MODES) if m in args.modes]
             if grpc_modes:
-                out.append(Contender("grpc echo", workers, "-", grpc_modes,
-                                     stack.enter_context(server("grpc-echo", workers, True)),
-                                     echo=True))
+                for kind, label in (("grpc-echo", "grpc echo"),
+                                    ("grpc-kernel-echo", "grpc kernel echo")):
+                    out.append(Contender(label, workers, "-", grpc_modes,
+                                         stack.enter_context(server(kind, workers, True)),
+                                         echo=True))
         if shm_modes and workers > 1:
             skip(args, f"{', '.join(shm_modes)} with {workers} workers: normserve serves shared "
                        "memory with one worker only")

@@ -219,6 +219,12 @@ def targets(rows: Sequence[Row]) -> list[str]:
                          f"bare grpc.aio echo under perf_analyzer ({r.rps:.0f} vs "
                          f"{echo.rps:.0f} req/s; normserve: {_cores(r)}; echo: {_cores(echo)}) "
                          f"(target >= 0.9): {'met' if ratio >= 0.9 else 'NOT met'}")
+        kernel = idx.get(("grpc kernel echo", w, "-", f"{proto} bytes", payload, c))
+        if kernel and kernel.rps and echo and echo.rps:
+            notes.append(f"  - the kernel echo (the echo that also runs the layer norm): "
+                         f"{kernel.rps / echo.rps:.2f}x the echo; normserve "
+                         f"{r.rps / kernel.rps:.2f}x the kernel echo ({kernel.rps:.0f} req/s; "
+                         f"{_cores(kernel)})")
     series: dict[tuple, list[Row]] = {}
     for r in rows:
         if r.server == "normserve" and r.batching == "on" and r.clients >= 8:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from normserve.bench import load as lb
@@ -164,6 +165,46 @@ def test_cells_against_the_grpc_echo():
     with lb.server("grpc-echo", 1, True) as ports:
         for mode in pa.ECHO_MODES:
             _check(pa.measurer(mode, ports, 1, _args())(4))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@needs_pa
+def test_cells_against_the_kernel_echo():
+    with lb.server("grpc-kernel-echo", 1, True) as ports:
+        for mode in pa.ECHO_MODES:
+            _check(pa.measurer(mode, ports, 1, _args())(4))
+
+
+def test_the_kernel_echo_answers_the_layer_norm_of_its_rows():
+    """The kernel echo's answer is the layer norm of the posted rows (float64 reference), in
+    the shape asked: it does the work it stands for."""
+    from tritonclient.grpc import service_pb2
+
+    from normserve import kernels
+
+    layer = kernels.prepare("layer_norm", {}, normalized_shape=[pa.FEATURES])
+    x = np.random.default_rng(0).standard_normal((3, pa.FEATURES)).astype(np.float32) * 5 + 2
+    request = service_pb2.ModelInferRequest(model_name="layer_norm_1024", id="7")
+    request.inputs.add(name="input", datatype="FP32", shape=x.shape)
+    request.raw_input_contents.append(x.tobytes())
+    reply = lb.grpc_kernel_reply(layer)(request)
+    assert reply.id == "7" and list(reply.outputs[0].shape) == [3, pa.FEATURES]
+    y = np.frombuffer(reply.raw_output_contents[0], np.float32).reshape(x.shape)
+    x64 = x.astype(np.float64)
+    ref = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_targets_name_the_kernel_echo():
+    rows = [_row("grpc echo", 1, "pa grpc bytes", 1, 2600, batching="-"),
+            _row("grpc kernel echo", 1, "pa grpc bytes", 1, 2500, batching="-"),
+            _row("normserve", 1, "pa grpc", 1, 2250)]
+    notes = "\n".join(lb.targets(rows, cores=2))
+    assert "1 clients: 0.87x the bare grpc.aio echo" in notes
+    assert ("  - the kernel echo (the echo that also runs the layer norm): 0.96x the echo; "
+            "normserve 0.90x the kernel echo (2500 req/s; server 0.50 core(s), generator "
+            "0.12)") in notes
 
 
 @pytest.mark.slow
