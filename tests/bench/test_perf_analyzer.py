@@ -161,17 +161,9 @@ def test_cells_against_normserve_serve():
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @needs_pa
-def test_cells_against_the_grpc_echo():
-    with lb.server("grpc-echo", 1, True) as ports:
-        for mode in pa.ECHO_MODES:
-            _check(pa.measurer(mode, ports, 1, _args())(4))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@needs_pa
-def test_cells_against_the_kernel_echo():
-    with lb.server("grpc-kernel-echo", 1, True) as ports:
+@pytest.mark.parametrize("echo", ["grpc-echo", "grpc-kernel-echo"])
+def test_cells_against_the_grpc_echoes(echo):
+    with lb.server(echo, 1, True) as ports:
         for mode in pa.ECHO_MODES:
             _check(pa.measurer(mode, ports, 1, _args())(4))
 
