@@ -38,6 +38,7 @@ def test_quick_run_covers_every_quick_mode(tmp_path, capsys):
     rows = _table_rows(out.read_text())
     cells = {(r[0], r[3], r[5]): r for r in rows}
     expected = [("fastapi echo", "bytes"), ("asgi echo", "bytes"), ("grpc echo", "grpc bytes"),
+                ("grpc kernel echo", "grpc bytes"),
                 *(("normserve", lb.MODES[m]) for m in lb.QUICK_MODES)]
     for server, protocol in expected:
         for clients in ("1", "8"):
