@@ -369,6 +369,10 @@ def grpc_echo_reply(request: Any) -> Any:
     return reply
 
 
+#: The gRPC ceilings (``_serve_grpc_echo``): server kind -> the table's server column.
+GRPC_ECHOES = {"grpc-echo": "grpc echo", "grpc-kernel-echo": "grpc kernel echo"}
+
+
 def grpc_kernel_reply(layer: Any) -> Callable[[Any], Any]:
     """The kernel echo's answer: ``layer`` applied to the request's first tensor (FP32 rows),
     as normserve runs a lone request (the body's bytes copied into an aligned array, the
@@ -502,7 +506,7 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
         cmd = [sys.executable, "-m", "uvicorn", *target, "--port", str(ports.http),
                "--workers", str(workers), "--no-access-log", "--log-level", "warning"]
         probe = f"http://127.0.0.1:{ports.http}/echo"
-    elif kind in ("grpc-echo", "grpc-kernel-echo"):
+    elif kind in GRPC_ECHOES:
         ports.grpc = _free_port()
         cmd = [sys.executable, "-c", "from normserve.bench.load import _serve_grpc_echo; "
                f"_serve_grpc_echo({ports.grpc}, {workers > 1}, {kind == 'grpc-kernel-echo'})"]
@@ -523,7 +527,7 @@ def server(kind: str, workers: int, batching: bool, shared_memory: bool = False,
                *(["--allow-shared-memory"] if shared_memory else [])]
         probe = f"http://127.0.0.1:{ports.http}/v2/health/ready"
     # The gRPC echo has no worker pool of its own: one process per worker, sharing the port.
-    copies = workers if kind in ("grpc-echo", "grpc-kernel-echo") else 1
+    copies = workers if kind in GRPC_ECHOES else 1
     with stack, tempfile.NamedTemporaryFile("w+", prefix=f"loadbench-{kind}-",
                                             suffix=".log") as log:
         procs: list[subprocess.Popen] = []
@@ -905,8 +909,7 @@ def _start_own(args: argparse.Namespace, stack: contextlib.ExitStack) -> list[Co
                                      echo=True))
             grpc_modes = [m for m in ("grpc", *pa.ECHO_MODES) if m in args.modes]
             if grpc_modes:
-                for kind, label in (("grpc-echo", "grpc echo"),
-                                    ("grpc-kernel-echo", "grpc kernel echo")):
+                for kind, label in GRPC_ECHOES.items():
                     out.append(Contender(label, workers, "-", grpc_modes,
                                          stack.enter_context(server(kind, workers, True)),
                                          echo=True))
